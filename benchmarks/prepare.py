@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -109,6 +110,7 @@ def main() -> None:
     p.add_argument("--interactions", type=int, default=10_000_000)
     p.add_argument("--users", type=int, default=None, help="default: interactions / 100")
     p.add_argument("--items", type=int, default=None, help="default: interactions / 200")
+    p.add_argument("--repeat", type=int, default=3, help="runs of each (default 3)")
     p.add_argument("--worker", choices=["polars", "pandas"], help=argparse.SUPPRESS)
     p.add_argument("--path", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -131,11 +133,21 @@ def main() -> None:
         )
         generate(spec, path)
         size = input_size_mb(path)
-        res = {}
-        for worker in ("polars", "pandas"):
-            cmd = [sys.executable, __file__, "--worker", worker, "--path", path]
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
-            res[worker] = json.loads(proc.stdout.strip().splitlines()[-1])
+        runs: dict[str, list[dict]] = {"polars": [], "pandas": []}
+        # Alternate the two, so that machine noise hits both alike; report medians.
+        for _ in range(args.repeat):
+            for worker in runs:
+                cmd = [sys.executable, __file__, "--worker", worker, "--path", path]
+                proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+                runs[worker].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    res = {}
+    for worker, rs in runs.items():
+        res[worker] = {
+            **rs[0],
+            "seconds": statistics.median(r["seconds"] for r in rs),
+            "peak_mb": max(r["peak_mb"] for r in rs),
+            "all": [round(r["seconds"], 2) for r in rs],
+        }
     pol, pan = res["polars"], res["pandas"]
     same = all(pol[k] == pan[k] for k in ("users", "items", "interactions"))
     print(f"input: {n:,} interactions ({size:,.0f} MB in memory as the canonical table)")
@@ -145,10 +157,13 @@ def main() -> None:
     )
     for name, r in res.items():
         print(
-            f"{name:7s} {r['seconds']:7.2f} s   peak {r['peak_mb']:7,.0f} MB "
-            f"({r['peak_mb'] / size:.2f}x input)"
+            f"{name:7s} median {r['seconds']:6.2f} s {r['all']}  max peak "
+            f"{r['peak_mb']:6,.0f} MB ({r['peak_mb'] / size:.2f}x input)"
         )
-    print(f"speed-up polars vs pandas: {pan['seconds'] / pol['seconds']:.1f}x")
+    print(
+        f"speed-up polars vs pandas (ratio of medians over {args.repeat} runs): "
+        f"{pan['seconds'] / pol['seconds']:.1f}x"
+    )
 
 
 if __name__ == "__main__":

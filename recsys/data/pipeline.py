@@ -32,29 +32,26 @@ def filter_min_rating(lf: pl.LazyFrame, min_rating: float | None) -> pl.LazyFram
     return lf.filter(pl.col("rating") >= min_rating)
 
 
-def order_events(lf: pl.LazyFrame, packed: bool = False) -> pl.LazyFrame:
-    """Sort by user, then time; equal timestamps keep their original row order.
+def order_events(lf: pl.LazyFrame) -> pl.LazyFrame:
+    """Group events by user, each user's in time order; equal timestamps keep row order.
 
-    Parameters
-    ----------
-    lf : LazyFrame
-        Events in source row order.
-    packed : bool
-        The caller vouches that user codes (categorical, or integer IDs) lie in
-        ``[0, 2**32)`` and ``max(timestamp) - min(timestamp) < 2**32``: one stable sort on a
-        packed ``(user, time)`` key then replaces a three-key sort (about 2x faster).
+    Users come out contiguous but in no particular order (later steps only need each
+    user's events together and in time order). Sorting within users — a hash group-by,
+    then small stable sorts — is about 2x faster than one global sort by (user, time, row).
 
     Examples
     --------
-    ``(u1, t=5, row 0), (u1, t=3, row 1), (u1, t=3, row 2)`` →
-    ``(u1, t=3, row 1), (u1, t=3, row 2), (u1, t=5, row 0)``.
+    ``(u1, t=5, row 0), (u2, t=1, row 1), (u1, t=3, row 2), (u1, t=3, row 3)`` →
+    ``u1: (t=3, row 2), (t=3, row 3), (t=5, row 0)`` and ``u2: (t=1, row 1)``, in either
+    user order.
     """
-    if packed:
-        offset = pl.col("timestamp") - pl.col("timestamp").min()
-        code = pl.col("user_id").to_physical().cast(pl.UInt64)
-        # Stable, so ties keep row order: rows arrive in row_nr order from the readers.
-        return lf.sort(code * 2**32 + offset.cast(pl.UInt64), maintain_order=True)
-    return lf.sort("user_id", "timestamp", "row_nr")
+    others = [c for c in lf.collect_schema().names() if c != "user_id"]
+    # Within a group, rows keep source order, so a stable sort on time breaks ties by row.
+    return (
+        lf.group_by("user_id")
+        .agg(pl.col(others).sort_by("timestamp", maintain_order=True))
+        .explode(others)
+    )
 
 
 def drop_repeats(lf: pl.LazyFrame, policy: str) -> pl.LazyFrame:
@@ -63,7 +60,7 @@ def drop_repeats(lf: pl.LazyFrame, policy: str) -> pl.LazyFrame:
     Parameters
     ----------
     lf : LazyFrame
-        Events sorted by user and time.
+        Events grouped by user, in time order within a user.
     policy : {"keep", "drop-consecutive", "drop-all"}
         ``keep`` every event; ``drop-consecutive`` drops an event whose item equals the
         user's previous one; ``drop-all`` keeps only each user's first event per item.
@@ -174,7 +171,7 @@ def to_sequences(
     Parameters
     ----------
     lf : LazyFrame
-        Events sorted by user and time.
+        Events grouped by user, in time order within a user.
     user_vocab, item_vocab : LazyFrame
         Outputs of :func:`build_vocab` (``user_idx, user_id`` and ``item_idx, item_id``).
 
@@ -183,11 +180,14 @@ def to_sequences(
     events ``(u, b, t=1), (u, a, t=2)`` with ``u→1, a→1, b→2`` →
     ``user_idx=1, item_idx=[2, 1], timestamp=[1, 2]``.
     """
+    # Users are joined after grouping (one row each); rows within a group keep their
+    # order whatever the group order.
     return (
-        lf.join(user_vocab, on="user_id", how="left", maintain_order="left")
-        .join(item_vocab, on="item_id", how="left", maintain_order="left")
-        .group_by("user_idx", maintain_order=True)
+        lf.join(item_vocab, on="item_id", how="left", maintain_order="left")
+        .group_by("user_id")
         .agg(pl.col("item_idx"), pl.col("timestamp"))
+        .join(user_vocab, on="user_id", how="left")
+        .select("user_idx", "item_idx", "timestamp")
         .sort("user_idx")
     )
 
