@@ -1,0 +1,180 @@
+"""SASRec: self-attentive sequential recommendation (Kang & McAuley, ICDM 2018).
+
+Reads top to bottom: the config, the blocks, the model. Sequences are left-padded with
+item 0, so the most recent item is always at position T-1; the user's representation is
+the last position's hidden state, and an item's score is its dot product with it (item
+embeddings are shared between input and output).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class SASRecConfig:
+    """Every hyper-parameter of the model."""
+
+    num_items: int  # catalogue size; indices 1..num_items, 0 is padding
+    max_len: int = 200
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 2
+    d_ff: int | None = None  # point-wise feed-forward width; None = d_model (the paper's)
+    dropout: float = 0.2
+    pre_ln: bool = True  # False: the paper's post-LN blocks
+
+    def __post_init__(self) -> None:
+        if self.num_items < 1:
+            raise ValueError(f"num_items={self.num_items}: expected at least 1")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout={self.dropout}: expected 0 <= dropout < 1")
+
+
+def attention_mask(items: torch.Tensor) -> torch.Tensor:
+    """Boolean mask (B, 1, T, T): True where query t may attend key s.
+
+    Causal (s <= t) and never to padding, except that every position attends to itself,
+    so a padding query has one key and no row is empty (which would give NaN).
+    """
+    T = items.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=items.device).tril()  # (T, T)
+    real_key = (items != 0)[:, None, None, :]  # (B, 1, 1, T)
+    diag = torch.eye(T, dtype=torch.bool, device=items.device)
+    return (causal & real_key) | diag  # (B, 1, T, T)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: SASRecConfig):
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.dropout = cfg.dropout
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, need_weights: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B, T, d = x.shape
+        q, k, v = self.qkv(x).split(d, dim=2)  # 3 x (B, T, d)
+        q, k, v = (t.view(B, T, self.n_heads, d // self.n_heads).transpose(1, 2) for t in (q, k, v))
+        p = self.dropout if self.training else 0.0
+        if not need_weights:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+            weights = None
+        else:
+            # The inspectable path: same arithmetic, weights kept (explanations).
+            att = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, H, T, T)
+            att = att.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+            weights = att
+            y = F.dropout(att, p, self.training) @ v  # (B, H, T, d/H)
+        y = y.transpose(1, 2).reshape(B, T, d)  # (B, T, d)
+        return self.proj(y), weights
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: SASRecConfig):
+        super().__init__()
+        d_ff = cfg.d_ff or cfg.d_model
+        self.net = nn.Sequential(
+            nn.Linear(cfg.d_model, d_ff),
+            nn.GELU(),
+            nn.Dropout(cfg.dropout),
+            nn.Linear(d_ff, cfg.d_model),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: SASRecConfig):
+        super().__init__()
+        self.pre_ln = cfg.pre_ln
+        self.ln1 = nn.LayerNorm(cfg.d_model)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.d_model)
+        self.ff = FeedForward(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, need_weights: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.pre_ln:
+            a, w = self.attn(self.ln1(x), mask, need_weights)
+            x = x + self.drop(a)
+            x = x + self.drop(self.ff(self.ln2(x)))
+        else:
+            a, w = self.attn(x, mask, need_weights)
+            x = self.ln1(x + self.drop(a))
+            x = self.ln2(x + self.drop(self.ff(x)))
+        return x, w  # (B, T, d), (B, H, T, T) or None
+
+
+class SASRec(nn.Module):
+    """The model: item + position embeddings, causal blocks, shared-embedding scores."""
+
+    def __init__(self, cfg: SASRecConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.item_emb = nn.Embedding(cfg.num_items + 1, cfg.d_model, padding_idx=0)
+        self.pos_emb = nn.Embedding(cfg.max_len, cfg.d_model)
+        self.emb_drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.ln_f = nn.LayerNorm(cfg.d_model) if cfg.pre_ln else nn.Identity()
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+            if m.padding_idx is not None:
+                with torch.no_grad():
+                    m.weight[m.padding_idx].zero_()
+
+    def forward(
+        self, items: torch.Tensor, need_weights: bool = False
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Hidden states (B, T, d) of left-padded item sequences (B, T).
+
+        With ``need_weights`` also each layer's attention weights (B, H, T, T).
+        """
+        T = items.shape[1]
+        if T > self.cfg.max_len:
+            raise ValueError(f"sequence length {T} exceeds max_len={self.cfg.max_len}")
+        pos = torch.arange(self.cfg.max_len - T, self.cfg.max_len, device=items.device)  # (T,)
+        x = self.item_emb(items) * math.sqrt(self.cfg.d_model) + self.pos_emb(pos)  # (B, T, d)
+        x = self.emb_drop(x) * (items != 0).unsqueeze(-1)  # padding stays zero
+        mask = attention_mask(items)  # (B, 1, T, T)
+        weights = []
+        for block in self.blocks:
+            x, w = block(x, mask, need_weights)
+            if w is not None:
+                weights.append(w)
+        return self.ln_f(x), weights  # (B, T, d)
+
+    def user_repr(self, items: torch.Tensor) -> torch.Tensor:
+        """User representation (B, d): the hidden state at the last position."""
+        return self(items)[0][:, -1, :]
+
+    def score_all(self, h: torch.Tensor) -> torch.Tensor:
+        """Scores (B, num_items + 1) of every item for representations h (B, d).
+
+        Column 0 (padding) is meaningless; callers mask it.
+        """
+        return h @ self.item_emb.weight.T
+
+    def last_attention(self, items: torch.Tensor) -> torch.Tensor:
+        """Attention (L, B, H, T) the last position paid to each history position."""
+        _, weights = self(items, need_weights=True)
+        return torch.stack([w[:, :, -1, :] for w in weights])

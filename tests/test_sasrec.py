@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from recsys.config import from_dict
+from recsys.models.sasrec import SASRec, SASRecConfig, attention_mask
+
+
+def model(**kw) -> SASRec:
+    torch.manual_seed(0)
+    return SASRec(SASRecConfig(**{"num_items": 20, "max_len": 6, "d_model": 16,
+                                  "n_heads": 2, "n_layers": 2, **kw})).eval()
+
+
+def test_shapes():
+    m = model()
+    items = torch.tensor([[0, 0, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6]])
+    h, w = m(items)
+    assert h.shape == (2, 6, 16) and w == []
+    assert m.score_all(m.user_repr(items)).shape == (2, 21)
+    assert m.last_attention(items).shape == (2, 2, 2, 6)
+
+
+@pytest.mark.parametrize("pre_ln", [True, False])
+def test_causal_future_items_do_not_leak(pre_ln):
+    m = model(pre_ln=pre_ln)
+    a = torch.tensor([[0, 1, 2, 3, 4, 5]])
+    b = torch.tensor([[0, 1, 2, 3, 9, 7]])
+    with torch.no_grad():
+        ha, hb = m(a)[0], m(b)[0]
+    assert torch.allclose(ha[:, :4], hb[:, :4], atol=1e-6)
+    assert not torch.allclose(ha[:, 4], hb[:, 4])
+
+
+def test_padding_is_ignored_and_batch_equals_single():
+    m = model()
+    short = torch.tensor([[0, 0, 0, 7, 8, 9]])
+    batch = torch.tensor([[0, 0, 0, 7, 8, 9], [1, 2, 3, 4, 5, 6]])
+    with torch.no_grad():
+        alone = m.user_repr(short)
+        together = m.user_repr(batch)[:1]
+    assert torch.allclose(alone, together, atol=1e-6)
+
+
+def test_attention_weights_path_matches_fast_path():
+    m = model()
+    items = torch.tensor([[0, 0, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6]])
+    with torch.no_grad():
+        fast, _ = m(items)
+        slow, weights = m(items, need_weights=True)
+        last = m.last_attention(items)
+    assert torch.allclose(fast, slow, atol=1e-5)
+    # The last position spreads its attention over real, past items only.
+    assert torch.allclose(last.sum(-1), torch.ones(2, 2, 2))
+    assert (last[:, 0, :, :2] == 0).all()  # padding positions of the first user
+    assert all(w[0, :, 1, 2:].abs().sum() == 0 for w in weights)  # no future keys
+
+
+def test_mask_never_leaves_a_row_empty():
+    mask = attention_mask(torch.tensor([[0, 0, 5]]))
+    assert mask.any(-1).all()
+    assert mask[0, 0].tolist() == [[True, False, False], [False, True, False],
+                                   [False, False, True]]
+
+
+def test_padding_embedding_gets_no_gradient():
+    m = model().train()
+    h = m.user_repr(torch.tensor([[0, 0, 1, 2, 3, 4]]))
+    h.sum().backward()
+    assert m.item_emb.weight.grad[0].abs().sum() == 0
+    assert m.item_emb.weight.grad[1].abs().sum() > 0
+
+
+def test_too_long_and_bad_config():
+    with pytest.raises(ValueError, match="sequence length 7 exceeds max_len=6"):
+        model()(torch.ones(1, 7, dtype=torch.long))
+    with pytest.raises(ValueError, match="d_model=10 is not divisible by n_heads=3"):
+        SASRecConfig(num_items=5, d_model=10, n_heads=3)
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['heads'\]"):
+        from_dict(SASRecConfig, {"num_items": 5, "heads": 2})
