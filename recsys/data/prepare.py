@@ -140,7 +140,7 @@ def prepare_dataset(
     # and joins integers rather than strings.
     schema = events.collect_schema()
     events = events.with_columns(
-        pl.col(c).cast(pl.String).cast(pl.Categorical)
+        pl.col(c).cast(pl.Categorical)
         for c in ("user_id", "item_id")
         if schema[c] == pl.String
     )
