@@ -21,6 +21,9 @@ demo: $(STAMP)
 		--interactions 100000 --seed 0
 	$(BIN)/recsys prepare --input $(DEMO_DIR)/synthetic.parquet --format parquet \
 		--output $(DEMO_DIR)/prepared
+	$(BIN)/recsys train --data $(DEMO_DIR)/prepared --max-len 50 --epochs 30 \
+		--output $(DEMO_DIR)/run
+	$(BIN)/recsys evaluate --model $(DEMO_DIR)/run/bundle --data $(DEMO_DIR)/prepared
 
 test: $(STAMP)
 	$(BIN)/ruff check recsys pipelines tests benchmarks

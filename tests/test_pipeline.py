@@ -39,8 +39,11 @@ def test_order_ties_keep_row_order():
 
 @pytest.mark.parametrize(
     ("policy", "expected"),
-    [("keep", ["a", "a", "b", "a"]), ("drop-consecutive", ["a", "b", "a"]),
-     ("drop-all", ["a", "b"])],
+    [
+        ("keep", ["a", "a", "b", "a"]),
+        ("drop-consecutive", ["a", "b", "a"]),
+        ("drop-all", ["a", "b"]),
+    ],
 )
 def test_repeats(policy, expected):
     lf = events(("u", "a", 1), ("u", "a", 2), ("u", "b", 3), ("u", "a", 4), ("v", "a", 5))
@@ -58,8 +61,17 @@ def test_repeats_unknown_policy():
 def test_k_core_converges_through_cascade(as_int):
     # k=2: dropping u5 leaves c with one event, dropping c leaves u2 with one, then b,
     # then u1 go in turn; u3 and u4 with items a and e survive every pass.
-    rows = [("u1", "a"), ("u1", "b"), ("u2", "b"), ("u2", "c"), ("u3", "a"), ("u3", "e"),
-            ("u4", "a"), ("u4", "e"), ("u5", "c")]
+    rows = [
+        ("u1", "a"),
+        ("u1", "b"),
+        ("u2", "b"),
+        ("u2", "c"),
+        ("u3", "a"),
+        ("u3", "e"),
+        ("u4", "a"),
+        ("u4", "e"),
+        ("u5", "c"),
+    ]
     expected = [("u3", "a"), ("u3", "e"), ("u4", "a"), ("u4", "e")]
     if as_int:
         rows = [(int(u[1:]), ord(i) - 96) for u, i in rows]
@@ -98,11 +110,13 @@ def test_integer_vocab_is_numeric_order():
 
 
 def seqs_of(*timestamps: list[int]) -> pl.LazyFrame:
-    return pl.LazyFrame({
-        "user_idx": list(range(1, len(timestamps) + 1)),
-        "item_idx": [list(range(len(t))) for t in timestamps],
-        "timestamp": list(timestamps),
-    })
+    return pl.LazyFrame(
+        {
+            "user_idx": list(range(1, len(timestamps) + 1)),
+            "item_idx": [list(range(len(t))) for t in timestamps],
+            "timestamp": list(timestamps),
+        }
+    )
 
 
 def test_leave_one_out():

@@ -36,10 +36,13 @@ def test_prepare_tiny_log_exact(tmp_path, write):
     manifest, out = prepared(tmp_path, write, repeats="drop-consecutive")
     # alice's and bob's second m3 repeat the item before them; carol has 1 event (< 3).
     assert [(s["step"], s["rows"], s["dropped_rows"]) for s in manifest["steps"]] == [
-        ("read", 9, 0), ("min_rating", 9, 0), ("repeats", 7, 2), ("k_core", 7, 0),
-        ("min_seq_len", 6, 1)]
-    assert (manifest["num_users"], manifest["num_items"], manifest["num_interactions"]) == (
-        2, 3, 6)
+        ("read", 9, 0),
+        ("min_rating", 9, 0),
+        ("repeats", 7, 2),
+        ("k_core", 7, 0),
+        ("min_seq_len", 6, 1),
+    ]
+    assert (manifest["num_users"], manifest["num_items"], manifest["num_interactions"]) == (2, 3, 6)
     users = pl.read_parquet(out / "vocab_users.parquet")
     items = pl.read_parquet(out / "vocab_items.parquet")
     assert users.rows() == [(1, "alice"), (2, "bob")]
@@ -51,8 +54,13 @@ def test_prepare_tiny_log_exact(tmp_path, write):
         (2, [2, 1, 3], [11, 13, 14], 1, 1, 1),
     ]
     assert manifest["split"] == {
-        "kind": "leave-one-out", "num_train_interactions": 2, "num_valid_targets": 2,
-        "num_test_targets": 2, "users_with_valid_targets": 2, "users_with_test_targets": 2}
+        "kind": "leave-one-out",
+        "num_train_interactions": 2,
+        "num_valid_targets": 2,
+        "num_test_targets": 2,
+        "users_with_valid_targets": 2,
+        "users_with_test_targets": 2,
+    }
     assert manifest["files"][SEQUENCES_PART]["rows"] == 2
     assert manifest["config"]["repeats"] == "drop-consecutive"
     assert manifest["inputs"][0]["bytes"] == len(LOG)
@@ -60,12 +68,14 @@ def test_prepare_tiny_log_exact(tmp_path, write):
 
 
 def test_prepare_rating_threshold_and_temporal(tmp_path, write):
-    manifest, out = prepared(tmp_path, write, min_rating=4, split="temporal",
-                             valid_cutoff=12, test_cutoff=16)
+    manifest, out = prepared(
+        tmp_path, write, min_rating=4, split="temporal", valid_cutoff=12, test_cutoff=16
+    )
     assert manifest["steps"][1]["dropped_rows"] == 2  # ratings 3 and 1
     seqs = pl.read_parquet(out / SEQUENCES_PART)
-    by_user = dict(zip(seqs["user_idx"], seqs.select("n_train", "n_valid", "n_test").rows(),
-                       strict=True))
+    by_user = dict(
+        zip(seqs["user_idx"], seqs.select("n_train", "n_valid", "n_test").rows(), strict=True)
+    )
     # alice 10 | 12 | 16; bob 11 | 14 | 17; carol | 15 |
     assert by_user == {1: (1, 1, 1), 2: (1, 1, 1), 3: (0, 1, 0)}
     assert manifest["split"]["valid_cutoff"] == 12
@@ -73,8 +83,7 @@ def test_prepare_rating_threshold_and_temporal(tmp_path, write):
 
 
 def test_temporal_quantile_cutoffs(tmp_path, write):
-    manifest, _ = prepared(tmp_path, write, split="temporal", valid_cutoff=0.5,
-                           test_cutoff=0.9)
+    manifest, _ = prepared(tmp_path, write, split="temporal", valid_cutoff=0.5, test_cutoff=0.9)
     # 9 timestamps 10..17: lower 50% quantile is 13, lower 90% is 16.
     assert (manifest["split"]["valid_cutoff"], manifest["split"]["test_cutoff"]) == (13, 16)
 
@@ -130,10 +139,18 @@ def test_interrupted_first_write_leaves_nothing(tmp_path, write, monkeypatch):
 
 
 def test_ml100k_exact_figures(ml100k, tmp_path):
-    manifest = run(PrepareConfig(input=str(ml100k / "u.data"), output=str(tmp_path / "p"),
-                                 items=str(ml100k / "items.tsv")))
+    manifest = run(
+        PrepareConfig(
+            input=str(ml100k / "u.data"),
+            output=str(tmp_path / "p"),
+            items=str(ml100k / "items.tsv"),
+        )
+    )
     assert (manifest["num_users"], manifest["num_items"], manifest["num_interactions"]) == (
-        943, 1682, 100_000)
+        943,
+        1682,
+        100_000,
+    )
     assert manifest["dataset"]["name"] == "ml-100k"
     assert manifest["split"]["num_test_targets"] == 943
     assert manifest["split"]["num_valid_targets"] == 943
@@ -141,18 +158,27 @@ def test_ml100k_exact_figures(ml100k, tmp_path):
     assert all(s["dropped_rows"] == 0 for s in manifest["steps"])
     # Each user's test item is their last by (timestamp, row order) in the raw file.
     raw = read_interactions(ml100k / "u.data", "movielens").collect()
-    last = (raw.sort("user_id", "timestamp", "row_nr").group_by("user_id", maintain_order=True)
-            .agg(pl.col("item_id").last(), pl.col("item_id").get(-2).alias("valid")))
+    last = (
+        raw.sort("user_id", "timestamp", "row_nr")
+        .group_by("user_id", maintain_order=True)
+        .agg(pl.col("item_id").last(), pl.col("item_id").get(-2).alias("valid"))
+    )
     seqs = pl.read_parquet(tmp_path / "p" / SEQUENCES_PART)
     users = pl.read_parquet(tmp_path / "p" / "vocab_users.parquet")
     items = pl.read_parquet(tmp_path / "p" / "vocab_items.parquet")
-    got = (seqs.select("user_idx", pl.col("item_idx").list.last().alias("test_idx"),
-                       pl.col("item_idx").list.get(-2).alias("valid_idx"))
-           .join(users, on="user_idx")
-           .join(items.select(pl.col("item_idx").alias("test_idx"), pl.col("item_id")),
-                 on="test_idx")
-           .join(items.select(pl.col("item_idx").alias("valid_idx"),
-                              pl.col("item_id").alias("valid")), on="valid_idx"))
+    got = (
+        seqs.select(
+            "user_idx",
+            pl.col("item_idx").list.last().alias("test_idx"),
+            pl.col("item_idx").list.get(-2).alias("valid_idx"),
+        )
+        .join(users, on="user_idx")
+        .join(items.select(pl.col("item_idx").alias("test_idx"), pl.col("item_id")), on="test_idx")
+        .join(
+            items.select(pl.col("item_idx").alias("valid_idx"), pl.col("item_id").alias("valid")),
+            on="valid_idx",
+        )
+    )
     merged = last.join(got, on="user_id", suffix="_got")
     assert merged.height == 943
     assert (merged["item_id"] == merged["item_id_got"]).all()
@@ -163,9 +189,15 @@ def test_ml100k_exact_figures(ml100k, tmp_path):
 
 
 def test_prepare_dataset_accepts_any_lazyframe(tmp_path):
-    events = pl.LazyFrame({"row_nr": [0, 1, 2], "user_id": ["u", "u", "u"],
-                           "item_id": ["a", "b", "c"], "timestamp": [3, 2, 1]},
-                          schema_overrides={"row_nr": pl.UInt32})
+    events = pl.LazyFrame(
+        {
+            "row_nr": [0, 1, 2],
+            "user_id": ["u", "u", "u"],
+            "item_id": ["a", "b", "c"],
+            "timestamp": [3, 2, 1],
+        },
+        schema_overrides={"row_nr": pl.UInt32},
+    )
     m = prepare_dataset(events, tmp_path / "o", name="t")
     seqs = pl.read_parquet(tmp_path / "o" / SEQUENCES_PART)
     assert seqs["item_idx"].to_list() == [[3, 2, 1]]

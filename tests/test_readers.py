@@ -23,7 +23,9 @@ def test_movielens_dat_layout(write):
     p = write("ratings.dat", "1::1193::5::978300760\n1::661::3::978302109\n")
     assert detect_movielens_layout(p) == "dat"
     assert rows(read_interactions(p, "movielens")) == [
-        ("1", "1193", 978300760), ("1", "661", 978302109)]
+        ("1", "1193", 978300760),
+        ("1", "661", 978302109),
+    ]
 
 
 def test_movielens_csv_layout(write):
@@ -110,8 +112,10 @@ def test_folder_and_unknown_format(tmp_path, write):
 
 
 def test_items_tsv(write):
-    p = write("items.tsv", "item_id\ttitle\trelease_year\tgenres\n1\tToy Story\t1995\t"
-              "Animation Children's Comedy\n")
+    p = write(
+        "items.tsv",
+        "item_id\ttitle\trelease_year\tgenres\n1\tToy Story\t1995\tAnimation Children's Comedy\n",
+    )
     assert read_items(p).rows() == [("1", "Toy Story", ["Animation", "Children's", "Comedy"])]
 
 

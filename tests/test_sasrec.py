@@ -9,8 +9,11 @@ from recsys.models.sasrec import SASRec, SASRecConfig, attention_mask
 
 def model(**kw) -> SASRec:
     torch.manual_seed(0)
-    return SASRec(SASRecConfig(**{"num_items": 20, "max_len": 6, "d_model": 16,
-                                  "n_heads": 2, "n_layers": 2, **kw})).eval()
+    return SASRec(
+        SASRecConfig(
+            **{"num_items": 20, "max_len": 6, "d_model": 16, "n_heads": 2, "n_layers": 2, **kw}
+        )
+    ).eval()
 
 
 def test_shapes():
@@ -60,8 +63,7 @@ def test_attention_weights_path_matches_fast_path():
 def test_mask_never_leaves_a_row_empty():
     mask = attention_mask(torch.tensor([[0, 0, 5]]))
     assert mask.any(-1).all()
-    assert mask[0, 0].tolist() == [[True, False, False], [False, True, False],
-                                   [False, False, True]]
+    assert mask[0, 0].tolist() == [[True, False, False], [False, True, False], [False, False, True]]
 
 
 def test_padding_embedding_gets_no_gradient():

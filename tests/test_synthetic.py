@@ -20,8 +20,9 @@ def test_exact_sizes_and_schema(tmp_path):
     assert df["user_id"].n_unique() == 300
     assert df["item_id"].min() >= 1 and df["item_id"].max() <= 200
     assert df.group_by("user_id").len()["len"].min() >= 3
-    assert df.schema == pl.Schema({"user_id": pl.Int64, "item_id": pl.Int64,
-                                   "timestamp": pl.Int64, "rating": pl.Int8})
+    assert df.schema == pl.Schema(
+        {"user_id": pl.Int64, "item_id": pl.Int64, "timestamp": pl.Int64, "rating": pl.Int8}
+    )
     assert set(df["rating"].unique()) <= {1, 2, 3, 4, 5}
 
 
@@ -51,16 +52,25 @@ def test_structure_popularity_and_markov(tmp_path):
     prev, nxt = items[:-1][same_user], items[1:][same_user]
     # Each item's most frequent follower follows it about p_next of the time.
     pairs = pl.DataFrame({"prev": prev, "next": nxt})
-    top = pairs.group_by("prev", "next").len().sort("len", descending=True).group_by(
-        "prev").agg(pl.col("len").first())
+    top = (
+        pairs.group_by("prev", "next")
+        .len()
+        .sort("len", descending=True)
+        .group_by("prev")
+        .agg(pl.col("len").first())
+    )
     share = top["len"].sum() / len(prev)
     assert 0.45 < share < 0.7
 
 
 @pytest.mark.parametrize(
     ("kw", "message"),
-    [({"interactions": 10}, "below 3 per user"), ({"clusters": 0}, "clusters=0"),
-     ({"p_next": 0.8, "p_cluster": 0.5}, "summing to at most 1"), ({"items": 1}, "items=1")],
+    [
+        ({"interactions": 10}, "below 3 per user"),
+        ({"clusters": 0}, "clusters=0"),
+        ({"p_next": 0.8, "p_cluster": 0.5}, "summing to at most 1"),
+        ({"items": 1}, "items=1"),
+    ],
 )
 def test_bad_spec(tmp_path, kw, message):
     spec = SyntheticSpec(**{"users": 10, "items": 20, "interactions": 100, **kw})

@@ -1,0 +1,204 @@
+"""Train job: prepared dataset → trained model, evaluated and tracked in one MLflow run.
+
+Run it as ``recsys train --data DIR ...``. The run (in an experiment named after the
+dataset) gets every config value as a param, the dataset's identity, per-epoch loss,
+validation NDCG@10 and throughput, the final validation and test metrics with 95% CIs,
+and as artifacts the config, the model bundle (vocabularies and best weights included),
+the best checkpoint, per-user metrics and a learning-curve plot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from recsys.bundle import ARTIFACT_PATH, save_bundle
+from recsys.config import to_dict
+from recsys.data.dataset import SequenceData
+from recsys.evaluation.evaluate import EvalConfig, EvalResult, evaluate
+from recsys.models.sasrec import SASRecConfig
+from recsys.models.scorers import MostPopular, SASRecScorer
+from recsys.tracking import git_commit, log_learning_curve, log_params, protocol_label, setup
+from recsys.training.trainer import BEST, LAST, TrainConfig, Trainer
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LOSS = "ce"
+
+
+@dataclass
+class TrainJobConfig:
+    """Everything the train job needs; the whole of it is logged as MLflow params."""
+
+    data: str
+    model: str = "sasrec"  # or "most-popular" (the baseline, same evaluation)
+    loss: str = DEFAULT_LOSS
+    max_len: int = 200
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 2
+    d_ff: int | None = None
+    dropout: float = 0.2
+    attn_dropout: float = 0.0
+    pre_ln: bool = True
+    epochs: int = 200
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    num_negatives: int = 256
+    gbce_t: float = 0.75
+    patience: int = 10
+    eval_every: int = 1
+    seed: int = 0
+    threads: int = 0
+    include_seen_in_eval: bool = False
+    eval_ks: list[int] = dataclasses.field(default_factory=lambda: [1, 5, 10, 20])
+    sampled_eval: bool = False
+    experiment: str | None = None
+    tracking_uri: str | None = None
+    run_name: str | None = None
+    output: str | None = None
+    resume: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.model not in ("sasrec", "most-popular"):
+            raise ValueError(
+                f"model {self.model!r} is unknown; expected 'sasrec' or 'most-popular'"
+            )
+        if self.resume and not self.output:
+            raise ValueError("resume needs the output folder of the interrupted run (--output)")
+
+    def model_config(self, num_items: int) -> SASRecConfig:
+        names = {f.name for f in dataclasses.fields(SASRecConfig)} - {"num_items"}
+        return SASRecConfig(num_items=num_items, **{n: getattr(self, n) for n in names})
+
+    def train_config(self) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(TrainConfig)}
+        return TrainConfig(**{n: getattr(self, n) for n in names})
+
+
+def _log_result(res: EvalResult, out_dir: Path, step: int) -> None:
+    import mlflow
+
+    mlflow.log_metrics(res.flat(), step=step)
+    path = out_dir / f"per_user_{res.metric_name('metrics')}.parquet"
+    res.per_user.write_parquet(path)
+    mlflow.log_artifact(str(path), "per_user")
+
+
+def run(cfg: TrainJobConfig) -> dict[str, Any]:
+    """Train, evaluate and log one model; return a summary (run id, metrics, bundle)."""
+    import mlflow
+
+    data = SequenceData.load(cfg.data)
+    info = data.dataset_info()
+    experiment = cfg.experiment or info["dataset_name"]
+    setup(experiment, cfg.tracking_uri)
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    out = Path(cfg.output or Path("data") / "runs" / f"{experiment}-{stamp}")
+    out.mkdir(parents=True, exist_ok=True)
+    eval_cfg = EvalConfig(ks=tuple(cfg.eval_ks), exclude_seen=not cfg.include_seen_in_eval)
+
+    trainer = None
+    run_id = None
+    if cfg.model == "sasrec":
+        trainer = Trainer(
+            cfg.model_config(data.num_items),
+            cfg.train_config(),
+            data,
+            eval_cfg,
+            checkpoint_dir=out / "checkpoints",
+            progress=cfg.progress,
+        )
+        if cfg.resume and trainer.resume():
+            run_id = trainer.extra.get("run_id")
+    run_name = cfg.run_name or (f"{cfg.model}-{cfg.loss}-L{cfg.max_len}" if trainer else cfg.model)
+    with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name) as active:
+        if run_id is None:
+            log_params({**to_dict(cfg), **info})
+            mlflow.set_tags(
+                {
+                    "model": cfg.model,
+                    "dataset": info["dataset_name"],
+                    "dataset_version": info["dataset_version"],
+                    "split": info["split"],
+                    "eval_protocol": protocol_label(eval_cfg.exclude_seen),
+                    "git_commit": git_commit() or "unknown",
+                }
+            )
+            mlflow.log_dict(to_dict(cfg), "config.json")
+        t0 = time.perf_counter()
+        meta: dict[str, Any] = {"train_config": to_dict(cfg)}
+        if trainer is not None:
+            trainer.extra["run_id"] = active.info.run_id
+
+            def on_epoch(rec: dict[str, float]) -> None:
+                mlflow.log_metrics(
+                    {k: v for k, v in rec.items() if k != "epoch"}, step=int(rec["epoch"])
+                )
+
+            trainer.on_epoch = on_epoch
+            result = trainer.fit()
+            scorer = SASRecScorer(result.model)
+            weights = result.model.state_dict()
+            meta["model_config"] = dataclasses.asdict(result.model.cfg)
+            summary = {
+                "best_epoch": result.best_epoch,
+                "seconds_to_best": result.seconds_to_best,
+                "train_seconds": result.seconds,
+                "epochs_run": result.epochs_run,
+            }
+        else:
+            counts = data.item_counts()
+            scorer = MostPopular(counts)
+            weights = {"counts": torch.from_numpy(counts)}
+            summary = {"train_seconds": time.perf_counter() - t0}
+        mlflow.log_metrics({k: float(v) for k, v in summary.items()})
+
+        # Final metrics go at the last epoch's step, so that MLflow's summary value of
+        # valid_ndcg_at_10 is the best model's (equal to the best epoch's) not the last's.
+        last_step = int(summary.get("epochs_run", 0))
+        metrics: dict[str, float] = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            for stage in ("valid", "test"):
+                res = evaluate(scorer, data, stage, eval_cfg, progress=cfg.progress)
+                _log_result(res, Path(tmp), last_step)
+                metrics.update(res.flat())
+                if cfg.sampled_eval:
+                    sampled = dataclasses.replace(eval_cfg, protocol="sampled")
+                    res = evaluate(scorer, data, stage, sampled)
+                    _log_result(res, Path(tmp), last_step)
+                    metrics.update(res.flat())
+        bundle = save_bundle(out / "bundle", cfg.model, weights, data, meta)
+        mlflow.log_artifacts(str(bundle), ARTIFACT_PATH)
+        if trainer is not None:
+            mlflow.log_artifact(str(out / "checkpoints" / BEST), "checkpoints")
+            log_learning_curve(trainer.history)
+            # The run finished: a later --resume into this folder must not reopen it.
+            (out / "checkpoints" / LAST).unlink(missing_ok=True)
+    log.info(
+        "run %s (%s): test NDCG@10 %.4f, HR@10 %.4f (%s)",
+        active.info.run_id,
+        experiment,
+        metrics.get("test_ndcg_at_10", float("nan")),
+        metrics.get("test_hr_at_10", float("nan")),
+        protocol_label(eval_cfg.exclude_seen),
+    )
+    return {
+        "run_id": active.info.run_id,
+        "experiment": experiment,
+        "protocol": protocol_label(eval_cfg.exclude_seen),
+        "bundle": str(bundle),
+        **summary,
+        **metrics,
+    }

@@ -1,0 +1,147 @@
+"""The model bundle: one folder with everything needed to score, behind every door.
+
+``bundle.json`` (format, model kind, model/training config, dataset identity),
+``weights.pt`` (a state dict; loads with ``weights_only=True``), the item and user
+vocabularies, and ``histories.parquet`` (each known user's whole history), so scoring
+needs no access to the training data. The batch job, the Python API, ``recsys evaluate``
+and the MLflow model all load it through :func:`load_bundle`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import torch
+
+from recsys.data.dataset import SequenceData
+from recsys.data.prepare import SEQUENCES_PART
+from recsys.evaluation.evaluate import Scorer
+from recsys.io import atomic_dir
+from recsys.models.sasrec import SASRec, SASRecConfig
+from recsys.models.scorers import MostPopular, SASRecScorer
+
+FORMAT = "recsys-bundle"
+VERSION = 1
+MODEL_KINDS = ("sasrec", "most-popular")
+ARTIFACT_PATH = "bundle"  # where a training run logs the bundle in MLflow
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle."""
+
+    path: Path
+    meta: dict[str, Any]
+    scorer: Scorer
+    item_vocab: pl.DataFrame  # item_idx, item_id[, title, genres]
+    user_vocab: pl.DataFrame  # user_idx, user_id
+
+    @property
+    def dataset(self) -> dict[str, Any]:
+        return self.meta["dataset"]
+
+    def histories(self) -> pl.DataFrame:
+        """``user_idx, item_idx`` (list, time order): every known user's whole history."""
+        return pl.read_parquet(self.path / "histories.parquet")
+
+
+def save_bundle(
+    path: str | Path,
+    kind: str,
+    weights: dict[str, torch.Tensor],
+    data: SequenceData,
+    meta: dict[str, Any],
+) -> Path:
+    """Write a bundle folder atomically.
+
+    Parameters
+    ----------
+    path : str or Path
+        The folder to (re)write.
+    kind : {"sasrec", "most-popular"}
+        The model kind.
+    weights : dict of tensors
+        SASRec's state dict, or ``{"counts": ...}`` for most-popular.
+    data : SequenceData
+        The prepared dataset the model was trained on (vocabularies, histories).
+    meta : dict
+        JSON-ready extras: ``model_config`` (SASRec), ``train_config``, anything else.
+    """
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"model kind {kind!r} is unknown; expected one of {MODEL_KINDS}")
+    doc = {"format": FORMAT, "version": VERSION, "kind": kind, "dataset": data.dataset_info()}
+    doc.update(meta)
+    with atomic_dir(path) as tmp:
+        (tmp / "bundle.json").write_text(json.dumps(doc, indent=2, default=str))
+        torch.save(weights, tmp / "weights.pt")
+        for name in ("vocab_items.parquet", "vocab_users.parquet"):
+            shutil.copyfile(data.path / name, tmp / name)
+        pl.read_parquet(data.path / SEQUENCES_PART, columns=["user_idx", "item_idx"]).write_parquet(
+            tmp / "histories.parquet"
+        )
+    return Path(path)
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Load a bundle folder written by :func:`save_bundle`.
+
+    Raises
+    ------
+    ValueError
+        If ``path`` is not a bundle or has another format version.
+    """
+    path = Path(path)
+    doc_path = path / "bundle.json"
+    if not doc_path.is_file():
+        raise ValueError(f"{str(path)!r} is not a model bundle: no bundle.json")
+    meta = json.loads(doc_path.read_text())
+    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        raise ValueError(
+            f"{str(doc_path)!r}: format {meta.get('format')!r} version {meta.get('version')!r}; "
+            f"expected {FORMAT!r} version {VERSION}"
+        )
+    weights = torch.load(path / "weights.pt", weights_only=True)
+    scorer: Scorer
+    if meta["kind"] == "sasrec":
+        model = SASRec(SASRecConfig(**meta["model_config"]))
+        model.load_state_dict(weights)
+        scorer = SASRecScorer(model)
+    else:
+        scorer = MostPopular(weights["counts"].numpy())
+    return Bundle(
+        path=path,
+        meta=meta,
+        scorer=scorer,
+        item_vocab=pl.read_parquet(path / "vocab_items.parquet"),
+        user_vocab=pl.read_parquet(path / "vocab_users.parquet"),
+    )
+
+
+def resolve_model(spec: str, tracking_uri: str | None = None) -> Path:
+    """A local bundle folder for ``spec``: a folder, an MLflow run id or ``models:/name/v``.
+
+    Run and registry artifacts are downloaded through MLflow (cached in a temp folder).
+    """
+    if Path(spec).is_dir():
+        return Path(spec)
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from recsys.tracking import tracking_uri as resolve_uri
+
+    mlflow.set_tracking_uri(resolve_uri(tracking_uri))
+    try:
+        if spec.startswith("models:/"):
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=spec))
+            return local / ARTIFACT_PATH if (local / ARTIFACT_PATH).is_dir() else local
+        return Path(mlflow.artifacts.download_artifacts(run_id=spec, artifact_path=ARTIFACT_PATH))
+    except MlflowException as e:
+        raise ValueError(
+            f"model {spec!r} is neither a folder nor a run id / models:/ URI with a "
+            f"{ARTIFACT_PATH!r} artifact at {resolve_uri(tracking_uri)!r}: {e.message}"
+        ) from e

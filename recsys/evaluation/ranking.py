@@ -1,0 +1,118 @@
+"""Full ranking in blocks of items: target ranks and top-K lists without the score matrix.
+
+Scores are dot products of user vectors (B, d) with item vectors (I + 1, d); row 0 of the
+item matrix is padding and never ranked. Items are visited in blocks, so memory is
+``B x block`` whatever the catalogue size. Excluded items (a user's history) are never
+ranked, except a user's own targets.
+
+Ties are broken by the lower item index, in ranks and in top-K lists alike, so results
+are deterministic and a target's rank agrees with its position in the top-K list.
+"""
+
+from __future__ import annotations
+
+import torch
+
+NEG_INF = float("-inf")
+BLOCK_ELEMENTS = 1 << 22  # scores held at once: 16 MB of float32
+
+
+def _block_size(batch: int, num_items: int) -> int:
+    return max(1, min(num_items, BLOCK_ELEMENTS // max(batch, 1)))
+
+
+def _mask_excluded(scores: torch.Tensor, exclude: torch.Tensor | None, lo: int, hi: int) -> None:
+    """Set scores (B, hi - lo) of excluded items (B, H) (0 = none) in [lo, hi) to -inf."""
+    if lo == 0:
+        scores[:, 0] = NEG_INF
+    if exclude is None:
+        return
+    inside = (exclude >= lo) & (exclude < hi) & (exclude > 0)
+    rows, cols = inside.nonzero(as_tuple=True)
+    scores[rows, exclude[rows, cols] - lo] = NEG_INF
+
+
+def drop_targets(exclude: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``exclude`` (B, H) with each user's own targets (B, M) replaced by 0 (none)."""
+    is_target = (exclude[:, :, None] == targets[:, None, :]).any(-1)  # (B, H)
+    return exclude.masked_fill(is_target, 0)
+
+
+def target_ranks(
+    users: torch.Tensor,
+    item_vecs: torch.Tensor,
+    targets: torch.Tensor,
+    exclude: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """0-based rank (B, M) of each target (B, M) (0 = padding → rank -1) among all items.
+
+    A target's rank counts the items, not excluded, that score higher, or equal with a
+    lower index. ``exclude`` must not contain the targets (see :func:`drop_targets`).
+    """
+    B, M = targets.shape
+    num = item_vecs.shape[0]
+    t_scores = (users[:, None, :] * item_vecs[targets]).sum(-1)  # (B, M)
+    ranks = torch.zeros(B, M, dtype=torch.long)
+    step = _block_size(B * M, num)
+    for lo in range(0, num, step):
+        hi = min(lo + step, num)
+        scores = users @ item_vecs[lo:hi].T  # (B, n)
+        _mask_excluded(scores, exclude, lo, hi)
+        idx = torch.arange(lo, hi)  # (n,)
+        s = scores[:, None, :]  # (B, 1, n)
+        t = t_scores[:, :, None]  # (B, M, 1)
+        i, j = idx[None, None, :], targets[:, :, None]
+        ahead = (s > t) | ((s == t) & (i < j))  # (B, M, n)
+        # The block's matmul may round the target's own score differently from t_scores;
+        # an item never ranks ahead of itself.
+        ranks += (ahead & (i != j)).sum(-1)
+    return ranks.masked_fill(targets == 0, -1)
+
+
+def top_k(
+    users: torch.Tensor,
+    item_vecs: torch.Tensor,
+    k: int,
+    exclude: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k best items (B, k) and their scores (B, k), best first, ties by lower index.
+
+    Where fewer than k items may be ranked, the list ends with item 0 and score -inf.
+    """
+    B = users.shape[0]
+    num = item_vecs.shape[0]
+    best_s = torch.full((B, 0), NEG_INF)
+    best_i = torch.zeros((B, 0), dtype=torch.long)
+    step = _block_size(B, num)
+    for lo in range(0, num, step):
+        hi = min(lo + step, num)
+        scores = users @ item_vecs[lo:hi].T  # (B, n)
+        _mask_excluded(scores, exclude, lo, hi)
+        s, i = _block_top_k(scores, min(k, hi - lo))
+        best_s, best_i = _merge(best_s, best_i, s, i + lo, k)
+    best_i = best_i.masked_fill(best_s == NEG_INF, 0)
+    return best_i, best_s
+
+
+def _block_top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k of one block with ties at the k-th score resolved to the lowest indices."""
+    kth = scores.topk(k, dim=1).values[:, -1:]  # (B, 1)
+    above = scores > kth
+    tied = scores == kth
+    # Of the items tied with the k-th score, keep the lowest-indexed ones that fit.
+    room = k - above.sum(1, keepdim=True)
+    take = above | (tied & (tied.cumsum(1) <= room))  # exactly k per row
+    cols = take.nonzero(as_tuple=True)[1].view(-1, k)  # (B, k), ascending index
+    vals = scores.gather(1, cols)
+    order = vals.argsort(dim=1, descending=True, stable=True)
+    return vals.gather(1, order), cols.gather(1, order)
+
+
+def _merge(
+    s1: torch.Tensor, i1: torch.Tensor, s2: torch.Tensor, i2: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    # Blocks come in index order, so a stable sort keeps lower indices first among ties.
+    s = torch.cat([s1, s2], dim=1)
+    i = torch.cat([i1, i2], dim=1)
+    order = s.argsort(dim=1, descending=True, stable=True)[:, :k]
+    return s.gather(1, order), i.gather(1, order)

@@ -1,0 +1,46 @@
+"""Scorers: what evaluation and retrieval need of a model (user vectors, item vectors).
+
+A score is the dot product of a user vector with an item vector, for SASRec and for the
+most-popular baseline alike, so both go through the same ranking code.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from recsys.models.sasrec import SASRec
+
+
+class SASRecScorer:
+    """A trained SASRec in inference mode; the user vector is the last hidden state."""
+
+    def __init__(self, model: SASRec):
+        self.model = model.eval()
+        self.max_len = model.cfg.max_len
+
+    @torch.no_grad()
+    def user_vectors(self, inputs: torch.Tensor) -> torch.Tensor:
+        """(B, d) of left-padded histories (B, T)."""
+        return self.model.user_repr(inputs)
+
+    def item_vectors(self) -> torch.Tensor:
+        """(num_items + 1, d) the shared item embeddings."""
+        return self.model.item_emb.weight.detach()
+
+
+class MostPopular:
+    """Ranks items by their number of training events, whatever the history."""
+
+    max_len = 1
+
+    def __init__(self, counts: np.ndarray):
+        self.counts = torch.as_tensor(counts, dtype=torch.float32)[:, None]  # (I + 1, 1)
+
+    def user_vectors(self, inputs: torch.Tensor) -> torch.Tensor:
+        """(B, 1) of ones: every user gets the same scores."""
+        return torch.ones(inputs.shape[0], 1)
+
+    def item_vectors(self) -> torch.Tensor:
+        """(num_items + 1, 1) training counts."""
+        return self.counts

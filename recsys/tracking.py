@@ -1,0 +1,115 @@
+"""MLflow tracking: where runs go, and logging helpers shared by the jobs.
+
+The default store is embedded: a SQLite file ``mlruns/mlflow.db`` and artifacts under
+``mlruns/artifacts``, both relative to the working directory, no server. The
+``MLFLOW_TRACKING_URI`` environment variable, or an explicit URI (``--tracking-uri``),
+points elsewhere, e.g. ``http://127.0.0.1:5000`` for an ``mlflow server``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STORE = Path("mlruns")
+
+
+def tracking_uri(explicit: str | None = None) -> str:
+    """The tracking URI: ``explicit``, else ``$MLFLOW_TRACKING_URI``, else the local SQLite."""
+    if explicit:
+        return explicit
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    DEFAULT_STORE.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(DEFAULT_STORE / 'mlflow.db').resolve()}"
+
+
+def _artifact_root(uri: str) -> str | None:
+    # A SQLite store keeps its artifacts beside the database file; a server decides itself.
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
+    return None
+
+
+def setup(experiment: str, uri: str | None = None) -> str:
+    """Point MLflow at ``uri`` (see :func:`tracking_uri`) and create/select ``experiment``.
+
+    Returns the experiment id.
+    """
+    import mlflow
+
+    uri = tracking_uri(uri)
+    mlflow.set_tracking_uri(uri)
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        root = _artifact_root(uri)
+        exp_id = mlflow.create_experiment(
+            experiment, artifact_location=f"{root}/{experiment}" if root else None
+        )
+    else:
+        exp_id = exp.experiment_id
+    mlflow.set_experiment(experiment_id=exp_id)
+    return exp_id
+
+
+def protocol_label(exclude_seen: bool, protocol: str = "full") -> str:
+    """How a metric was measured, in words (printed and logged beside every number)."""
+    if protocol == "sampled":
+        return "sampled: each target against 100 random unseen items (not full ranking)"
+    seen = "history items excluded" if exclude_seen else "history items not excluded"
+    return f"full ranking over all items, {seen}"
+
+
+def git_commit() -> str | None:
+    """The commit of the ``recsys`` checkout, if it is one and git is available."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def log_params(params: Mapping[str, Any]) -> None:
+    """Log params, values as strings (``None`` as ``"None"``), in batches MLflow accepts."""
+    import mlflow
+
+    items = [(k, "None" if v is None else str(v)) for k, v in params.items()]
+    for lo in range(0, len(items), 100):
+        mlflow.log_params(dict(items[lo : lo + 100]))
+
+
+def log_learning_curve(history: list[dict[str, float]], name: str = "learning_curve.png") -> None:
+    """Plot training loss and validation NDCG@10 per epoch and log it as a PNG artifact."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    epochs = [r["epoch"] for r in history]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(epochs, [r["train_loss"] for r in history], color="tab:blue", label="train loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("train loss", color="tab:blue")
+    valid = [(r["epoch"], r["valid_ndcg_at_10"]) for r in history if "valid_ndcg_at_10" in r]
+    if valid:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*valid, strict=True), color="tab:orange", marker=".", label="valid NDCG@10")
+        ax2.set_ylabel("validation NDCG@10 (full ranking)", color="tab:orange")
+    ax.set_title("learning curve")
+    fig.tight_layout()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        fig.savefig(path, dpi=100)
+        mlflow.log_artifact(str(path))
+    plt.close(fig)

@@ -1,0 +1,40 @@
+"""Training batches, built for many users at once with numpy index arithmetic.
+
+Every position of a user's training window predicts the next item: the window is the
+last ``max_len + 1`` training events, the inputs are all but its last and the targets
+all but its first. Sequences are left-padded with 0, so the most recent event is always
+at the last position, as at inference time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from recsys.data.dataset import pad_left
+
+
+def training_batch(
+    items: np.ndarray, start: np.ndarray, stop: np.ndarray, max_len: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and next-item targets (both (B, max_len), int64) for training ranges.
+
+    Positions whose input is padding have target 0 and are ignored by the losses.
+
+    Examples
+    --------
+    events ``[a, b, c]`` and ``max_len=3`` → inputs ``[0, a, b]``, targets ``[0, b, c]``.
+    """
+    window = pad_left(items, start, stop, max_len + 1)  # (B, T + 1)
+    inputs = window[:, :-1]
+    targets = np.where(inputs != 0, window[:, 1:], 0)
+    return torch.from_numpy(np.ascontiguousarray(inputs)), torch.from_numpy(
+        np.ascontiguousarray(targets)
+    )
+
+
+def input_batch(
+    items: np.ndarray, start: np.ndarray, stop: np.ndarray, max_len: int
+) -> torch.Tensor:
+    """Model inputs (B, max_len) for scoring: the last ``max_len`` events of each range."""
+    return torch.from_numpy(pad_left(items, start, stop, max_len))

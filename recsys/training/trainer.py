@@ -1,0 +1,336 @@
+"""Train SASRec with early stopping on validation NDCG@10 (full ranking), resumably.
+
+One epoch shows each user's training window once, users in a seeded random order. After
+every ``eval_every`` epochs the model is evaluated on the validation targets; the best
+weights are kept, and training stops after ``patience`` evaluations without improvement.
+A checkpoint with everything needed to continue (weights, optimiser, epoch, RNG states,
+history) is written atomically after every epoch, and all checkpoints load with
+``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from recsys.data.dataset import SequenceData
+from recsys.evaluation.evaluate import EvalConfig, evaluate
+from recsys.io import atomic_file
+from recsys.models.sasrec import SASRec, SASRecConfig
+from recsys.models.scorers import SASRecScorer
+from recsys.training.batches import training_batch
+from recsys.training.losses import LOSSES, popularity_log_q, sequence_loss
+
+log = logging.getLogger(__name__)
+
+LAST = "last.pt"
+BUCKET_BATCHES = 16  # batches per pool sorted by length (see Trainer._batches)
+BEST = "best.pt"
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss became NaN or infinite)."""
+
+
+@dataclass
+class TrainConfig:
+    """Every optimisation hyper-parameter."""
+
+    loss: str = "ce"
+    epochs: int = 200  # at most; early stopping usually ends sooner
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # max gradient norm; 0 = off
+    num_negatives: int = 256  # sampled-softmax and gbce
+    gbce_t: float = 0.75  # gbce calibration
+    patience: int = 10  # evaluations without improvement before stopping
+    eval_every: int = 1  # epochs between validations
+    seed: int = 0
+    threads: int = 0  # torch threads; 0 = the cores this process may use
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss {self.loss!r} is unknown; expected one of {LOSSES}")
+        for name in ("epochs", "batch_size", "patience", "eval_every", "num_negatives"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: expected at least 1")
+        if self.lr <= 0:
+            raise ValueError(f"lr={self.lr}: expected > 0")
+
+
+@dataclass
+class TrainResult:
+    """The best model and how training went."""
+
+    model: SASRec
+    best_epoch: int
+    best_valid_ndcg: float
+    seconds_to_best: float
+    seconds: float
+    epochs_run: int
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def available_cores() -> int:
+    """Cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _trim(inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # Columns that are padding in every row change nothing but cost time.
+    real = (inputs != 0).any(0).nonzero()
+    first = int(real[0]) if len(real) else inputs.shape[1] - 1
+    return inputs[:, first:], targets[:, first:]
+
+
+class Trainer:
+    """Trains one SASRec on one prepared dataset.
+
+    Parameters
+    ----------
+    model_cfg, train_cfg : SASRecConfig, TrainConfig
+        The model and optimisation settings.
+    data : SequenceData
+        The prepared dataset (its ``valid`` stage drives early stopping).
+    eval_cfg : EvalConfig
+        How validation ranks (history exclusion); only NDCG@10 is computed.
+    checkpoint_dir : Path, optional
+        Where ``last.pt`` and ``best.pt`` are written; none written if omitted.
+    on_epoch : callable, optional
+        Called with each epoch's record (``epoch``, ``train_loss``, ``valid_ndcg_at_10``...).
+    """
+
+    def __init__(
+        self,
+        model_cfg: SASRecConfig,
+        train_cfg: TrainConfig,
+        data: SequenceData,
+        eval_cfg: EvalConfig | None = None,
+        checkpoint_dir: str | Path | None = None,
+        on_epoch: Callable[[dict[str, float]], None] | None = None,
+        progress: bool = True,
+    ):
+        if model_cfg.num_items != data.num_items:
+            raise ValueError(
+                f"model num_items={model_cfg.num_items} but the dataset has {data.num_items}"
+            )
+        self.model_cfg, self.cfg, self.data = model_cfg, train_cfg, data
+        base = eval_cfg or EvalConfig()
+        self.eval_cfg = EvalConfig(
+            ks=(10,), exclude_seen=base.exclude_seen, batch_users=base.batch_users, bootstrap=0
+        )
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
+        self.on_epoch = on_epoch
+        self.progress = progress
+
+        torch.set_num_threads(train_cfg.threads or available_cores())
+        torch.manual_seed(train_cfg.seed)
+        self.rng = np.random.default_rng(train_cfg.seed)
+        self.gen = torch.Generator().manual_seed(train_cfg.seed + 1)
+        self.model = SASRec(model_cfg)
+        self.opt = torch.optim.AdamW(
+            self.model.parameters(),
+            lr=train_cfg.lr,
+            weight_decay=train_cfg.weight_decay,
+            betas=(0.9, 0.98),
+        )
+        counts = torch.from_numpy(data.item_counts())
+        self.log_q = popularity_log_q(counts) if train_cfg.loss == "sampled-softmax" else None
+        self.epoch = 0
+        self.history: list[dict[str, float]] = []
+        self.best = {"ndcg": -1.0, "epoch": 0, "elapsed": 0.0}
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.bad_evals = 0
+        self.elapsed = 0.0  # training seconds before this process (resumed runs)
+        self.extra: dict[str, Any] = {}  # caller state saved with checkpoints (e.g. run id)
+
+    # -- checkpoints -------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """Everything needed to continue training exactly where it stopped."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "epoch": self.epoch,
+            "history": self.history,
+            "best": self.best,
+            "bad_evals": self.bad_evals,
+            "elapsed": self.elapsed,
+            "torch_rng": torch.get_rng_state(),
+            "gen_rng": self.gen.get_state(),
+            "np_rng": self.rng.bit_generator.state,
+            "model_cfg": asdict(self.model_cfg),
+            "train_cfg": asdict(self.cfg),
+            "extra": self.extra,
+        }
+
+    def save(self) -> None:
+        """Write ``last.pt`` (and ``best.pt`` when the best changed) atomically."""
+        if self.checkpoint_dir is None:
+            return
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_file(self.checkpoint_dir / LAST) as tmp:
+            torch.save(self.state(), tmp)
+        if self.best_state is not None and self.best["epoch"] == self.epoch:
+            with atomic_file(self.checkpoint_dir / BEST) as tmp:
+                torch.save({"model": self.best_state, "best": self.best}, tmp)
+
+    def resume(self) -> bool:
+        """Load ``last.pt`` (and ``best.pt``) if present; return whether it was."""
+        if self.checkpoint_dir is None or not (self.checkpoint_dir / LAST).is_file():
+            return False
+        ck = torch.load(self.checkpoint_dir / LAST, weights_only=True)
+        if ck["model_cfg"] != asdict(self.model_cfg) or ck["train_cfg"] != asdict(self.cfg):
+            raise ValueError(
+                f"checkpoint {str(self.checkpoint_dir / LAST)!r} was written with another "
+                f"config ({ck['model_cfg']}, {ck['train_cfg']}); resume with the same one "
+                "or train into an empty folder"
+            )
+        self.model.load_state_dict(ck["model"])
+        self.opt.load_state_dict(ck["optimizer"])
+        self.epoch, self.history, self.best = ck["epoch"], ck["history"], ck["best"]
+        self.bad_evals, self.elapsed, self.extra = ck["bad_evals"], ck["elapsed"], ck["extra"]
+        torch.set_rng_state(ck["torch_rng"])
+        self.gen.set_state(ck["gen_rng"])
+        self.rng.bit_generator.state = ck["np_rng"]
+        if (self.checkpoint_dir / BEST).is_file():
+            self.best_state = torch.load(self.checkpoint_dir / BEST, weights_only=True)["model"]
+        log.info("resumed from %s after epoch %d", self.checkpoint_dir / LAST, self.epoch)
+        return True
+
+    # -- training ----------------------------------------------------------------------
+
+    def _epoch(self) -> tuple[float, int]:
+        """One pass over the users; returns the mean loss and the sequences seen."""
+        cfg, data = self.cfg, self.data
+        users, start, stop = data.train_ranges()
+        if len(users) == 0:
+            raise ValueError(f"{str(data.path)!r}: no user has 2 or more training events")
+        batches = self._batches(np.minimum(stop - start, self.model_cfg.max_len + 1))
+        self.model.train()
+        items = self.model.item_emb.weight
+        total, steps = 0.0, 0
+        for step, idx in enumerate(batches):
+            inputs, targets = _trim(
+                *training_batch(data.items, start[idx], stop[idx], self.model_cfg.max_len)
+            )
+            h, _ = self.model(inputs)  # (B, T, d)
+            real = targets != 0  # (B, T)
+            loss = sequence_loss(
+                cfg.loss,
+                h[real],
+                targets[real],
+                items,
+                self.gen,
+                num_negatives=cfg.num_negatives,
+                gbce_t=cfg.gbce_t,
+                log_q=self.log_q,
+            )
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"the {cfg.loss} loss became {loss.item()} at epoch {self.epoch + 1}, "
+                    f"step {step + 1}; lower the learning rate (lr={cfg.lr}) or check the data"
+                )
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.opt.step()
+            total += loss.item()
+            steps += 1
+        return total / steps, len(users)
+
+    def _batches(self, lengths: np.ndarray) -> list[np.ndarray]:
+        """Random batches of users of similar length, so little of a batch is padding.
+
+        Users are shuffled, cut into pools of ``BUCKET_BATCHES`` batches, sorted by length
+        within a pool and batched; then the batch order is shuffled.
+        """
+        bs = self.cfg.batch_size
+        order = self.rng.permutation(len(lengths))
+        pool = np.arange(len(order)) // (bs * BUCKET_BATCHES)
+        order = order[np.lexsort((lengths[order], pool))]
+        batches = [order[lo : lo + bs] for lo in range(0, len(order), bs)]
+        return [batches[i] for i in self.rng.permutation(len(batches))]
+
+    def fit(self, resume: bool = False) -> TrainResult:
+        """Train to early stopping (or ``epochs``); the result holds the best model.
+
+        With ``resume``, continue from ``checkpoint_dir/last.pt`` when it exists.
+        """
+        if resume:
+            self.resume()
+        cfg = self.cfg
+        t0 = time.perf_counter() - self.elapsed
+        bar = tqdm(
+            total=cfg.epochs,
+            initial=self.epoch,
+            desc="train",
+            unit="epoch",
+            disable=not self.progress,
+        )
+        while self.epoch < cfg.epochs and self.bad_evals < cfg.patience:
+            t = time.perf_counter()
+            loss, seqs = self._epoch()
+            self.epoch += 1
+            train_s = time.perf_counter() - t
+            rec: dict[str, float] = {
+                "epoch": self.epoch,
+                "train_loss": loss,
+                "epoch_seconds": train_s,
+                "sequences_per_second": seqs / train_s,
+            }
+            if self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs:
+                ndcg = evaluate(SASRecScorer(self.model), self.data, "valid", self.eval_cfg)
+                rec["valid_ndcg_at_10"] = ndcg.means["ndcg@10"]
+                rec["valid_hr_at_10"] = ndcg.means["hr@10"]
+                self._track_best(rec["valid_ndcg_at_10"], time.perf_counter() - t0)
+            self.elapsed = time.perf_counter() - t0
+            rec["elapsed_seconds"] = self.elapsed
+            self.history.append(rec)
+            self.save()
+            if self.on_epoch:
+                self.on_epoch(rec)
+            bar.update(1)
+            bar.set_postfix(
+                loss=f"{loss:.4f}",
+                seq_s=f"{rec['sequences_per_second']:.0f}",
+                ndcg=f"{self.best['ndcg']:.4f}",
+            )
+        bar.close()
+        if self.best_state is None:
+            raise TrainingError("no validation was run; set eval_every <= epochs")
+        best = SASRec(self.model_cfg)
+        best.load_state_dict(self.best_state)
+        best.eval()
+        return TrainResult(
+            model=best,
+            best_epoch=int(self.best["epoch"]),
+            best_valid_ndcg=float(self.best["ndcg"]),
+            seconds_to_best=float(self.best["elapsed"]),
+            seconds=self.elapsed,
+            epochs_run=self.epoch,
+            history=self.history,
+        )
+
+    def _track_best(self, ndcg: float, elapsed: float) -> None:
+        if math.isnan(ndcg):
+            raise TrainingError(f"validation NDCG@10 is NaN at epoch {self.epoch}")
+        if ndcg > self.best["ndcg"]:
+            self.best = {"ndcg": ndcg, "epoch": self.epoch, "elapsed": elapsed}
+            self.best_state = copy.deepcopy(self.model.state_dict())
+            self.bad_evals = 0
+        else:
+            self.bad_evals += 1

@@ -1,0 +1,155 @@
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import make_prepared, successor_sequences
+
+import recsys.training.trainer as trainer_module
+from recsys.data.dataset import SequenceData
+from recsys.evaluation.evaluate import EvalConfig, evaluate
+from recsys.models.sasrec import SASRecConfig
+from recsys.models.scorers import MostPopular, SASRecScorer
+from recsys.training.batches import training_batch
+from recsys.training.losses import LOSSES, popularity_log_q, sequence_loss
+from recsys.training.trainer import BEST, LAST, TrainConfig, Trainer, TrainingError
+
+
+def test_training_batch_exact():
+    items = np.array([1, 2, 3, 4, 5])
+    inputs, targets = training_batch(items, np.array([0, 3]), np.array([3, 5]), 3)
+    assert inputs.tolist() == [[0, 1, 2], [0, 0, 4]]
+    assert targets.tolist() == [[0, 2, 3], [0, 0, 5]]
+    inputs, targets = training_batch(items, np.array([0]), np.array([5]), 2)  # truncated
+    assert inputs.tolist() == [[3, 4]] and targets.tolist() == [[4, 5]]
+
+
+def test_losses_known_values():
+    gen = torch.Generator().manual_seed(0)
+    items = torch.randn(6, 4, generator=gen)
+    h = torch.randn(3, 4, generator=gen)
+    targets = torch.tensor([1, 5, 2])
+    logits = h @ items[1:].T
+    ce = sequence_loss("ce", h, targets, items, gen)
+    assert ce.item() == pytest.approx(F.cross_entropy(logits, targets - 1).item(), rel=1e-5)
+    # gBCE with t = 0 is plain BCE over the same negatives (beta = 1).
+    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    gbce = sequence_loss("gbce", h, targets, items, g1, num_negatives=3, gbce_t=0.0)
+    neg = torch.randint(1, 6, (3,), generator=g2)
+    pos = -F.logsigmoid((h * items[targets]).sum(-1))
+    negs = -(F.logsigmoid(-(h @ items[neg].T)) * (neg[None] != targets[:, None])).sum(-1)
+    assert gbce.item() == pytest.approx((pos + negs).mean().item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_every_loss_is_finite_and_has_gradients(loss):
+    gen = torch.Generator().manual_seed(0)
+    items = torch.randn(50, 8, requires_grad=True)
+    h = torch.randn(20, 8, requires_grad=True)
+    targets = torch.randint(1, 50, (20,), generator=gen)
+    log_q = popularity_log_q(torch.arange(50))
+    value = sequence_loss(loss, h, targets, items, gen, num_negatives=10, log_q=log_q)
+    value.backward()
+    assert torch.isfinite(value) and h.grad.abs().sum() > 0
+    assert items.grad[0].abs().sum() == 0  # padding is never a target or a negative
+
+
+def _trainer(path, tmp_path=None, **kw) -> Trainer:
+    d = SequenceData.load(path)
+    cfg = TrainConfig(**{"epochs": 4, "batch_size": 32, "lr": 5e-3, "patience": 50, **kw})
+    mcfg = SASRecConfig(num_items=d.num_items, max_len=16, d_model=32, dropout=0.1)
+    return Trainer(mcfg, cfg, d, checkpoint_dir=tmp_path, progress=False)
+
+
+@pytest.fixture(scope="module")
+def successor_data(tmp_path_factory):
+    return make_prepared(tmp_path_factory.mktemp("succ") / "d", successor_sequences(400, 30))
+
+
+def test_known_sequential_rule_is_learned(successor_data):
+    # Item i is always followed by item i + 1: SASRec must find it, popularity cannot.
+    res = _trainer(successor_data, epochs=60, patience=10, lr=1e-2).fit()
+    d = SequenceData.load(successor_data)
+    cfg = EvalConfig(ks=(1,), bootstrap=0)
+    sasrec = evaluate(SASRecScorer(res.model), d, "test", cfg).means["hr@1"]
+    pop = evaluate(MostPopular(d.item_counts()), d, "test", cfg).means["hr@1"]
+    assert sasrec >= 0.95
+    assert pop < 0.2
+
+
+def test_deterministic_for_a_seed(successor_data):
+    a = _trainer(successor_data, epochs=2).fit()
+    b = _trainer(successor_data, epochs=2).fit()
+    c = _trainer(successor_data, epochs=2, seed=1).fit()
+    for (k, va), vb in zip(
+        a.model.state_dict().items(), b.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(va, vb), k
+    assert [r["train_loss"] for r in a.history] == [r["train_loss"] for r in b.history]
+    assert a.history[0]["train_loss"] != c.history[0]["train_loss"]
+
+
+@pytest.mark.parametrize("loss", ["ce", "sampled-softmax"])
+def test_resume_equals_uninterrupted(successor_data, tmp_path, loss):
+    full = _trainer(successor_data, loss=loss).fit()
+    first = _trainer(successor_data, tmp_path / "ck", loss=loss, epochs=2).fit()
+    assert first.epochs_run == 2
+    # A new process would build the trainer again with the same config and resume.
+    resumed_trainer = _trainer(successor_data, tmp_path / "ck", loss=loss)
+    # epochs differ between the two configs, so resume the 2-epoch checkpoint's state
+    # under the 4-epoch config by rewriting its recorded epochs (as a longer run would).
+    ck = torch.load(tmp_path / "ck" / LAST, weights_only=True)
+    ck["train_cfg"]["epochs"] = 4
+    torch.save(ck, tmp_path / "ck" / LAST)
+    resumed = resumed_trainer.fit(resume=True)
+    assert resumed.epochs_run == 4
+    assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in full.history]
+    for va, vb in zip(
+        full.model.state_dict().values(), resumed.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(va, vb)
+
+
+def test_checkpoints_load_weights_only(successor_data, tmp_path):
+    _trainer(successor_data, tmp_path, epochs=1).fit()
+    for name in (LAST, BEST):
+        state = torch.load(tmp_path / name, weights_only=True)
+        assert "model" in state
+
+
+def test_resume_with_another_config_is_refused(successor_data, tmp_path):
+    _trainer(successor_data, tmp_path, epochs=1).fit()
+    with pytest.raises(ValueError, match="another config"):
+        _trainer(successor_data, tmp_path, epochs=1, lr=0.1).fit(resume=True)
+
+
+def test_nan_loss_names_epoch_and_step(successor_data):
+    t = _trainer(successor_data)
+    with torch.no_grad():
+        t.model.pos_emb.weight.fill_(float("nan"))
+    with pytest.raises(TrainingError, match="epoch 1, step 1"):
+        t.fit()
+
+
+def test_early_stopping_keeps_the_best_epoch(successor_data, monkeypatch):
+    scripted = iter([0.1, 0.3, 0.2, 0.25, 0.3, 0.9])
+    states = []
+
+    def fake_evaluate(scorer, data, stage, cfg):
+        states.append({k: v.clone() for k, v in scorer.model.state_dict().items()})
+        return SimpleNamespace(means={"ndcg@10": next(scripted), "hr@10": 0.0})
+
+    monkeypatch.setattr(trainer_module, "evaluate", fake_evaluate)
+    res = _trainer(successor_data, epochs=200, patience=3).fit()
+    # Epoch 2 is best; 3, 4 and 5 (a tie is no improvement) exhaust the patience.
+    assert res.best_epoch == 2 and res.epochs_run == 5 and res.best_valid_ndcg == 0.3
+    for k, v in res.model.state_dict().items():
+        assert torch.equal(v, states[1][k]), k
+
+
+def test_bad_train_config():
+    with pytest.raises(ValueError, match="loss 'mse'"):
+        TrainConfig(loss="mse")
+    with pytest.raises(ValueError, match="batch_size=0"):
+        TrainConfig(batch_size=0)
