@@ -199,7 +199,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help=f"training loss (default {DEFAULT_LOSS}: best validation NDCG@10 per second "
         "on ml-100k)",
     )
-    a("--max-len", dest="max_len", type=int, help="history length the model reads (default 200)")
+    a("--max-len", dest="max_len", type=int, help="history length the model reads (default 50)")
     a("--d-model", dest="d_model", type=int, help="hidden size (default 64)")
     a("--n-layers", dest="n_layers", type=int, help="attention blocks (default 2)")
     a("--n-heads", dest="n_heads", type=int, help="attention heads (default 2)")
@@ -212,9 +212,15 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="the paper's post-LN blocks (default pre-LN)",
     )
+    a(
+        "--window",
+        choices=["random", "last"],
+        help="which max-len events of a longer user an epoch trains on: a random full "
+        "window (default) or the last (the paper's)",
+    )
     a("--epochs", type=int, help="most epochs (default 200; early stopping ends sooner)")
     a("--batch-size", dest="batch_size", type=int, help="users per batch (default 128)")
-    a("--lr", type=float, help="AdamW learning rate (default 1e-3)")
+    a("--lr", type=float, help="AdamW learning rate (default 2e-3)")
     a("--weight-decay", dest="weight_decay", type=float, help="AdamW weight decay (default 0)")
     a("--grad-clip", dest="grad_clip", type=float, help="max gradient norm, 0 off (default 1)")
     a(

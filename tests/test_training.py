@@ -28,30 +28,37 @@ def test_training_batch_exact():
 def test_losses_known_values():
     gen = torch.Generator().manual_seed(0)
     items = torch.randn(6, 4, generator=gen)
-    h = torch.randn(3, 4, generator=gen)
-    targets = torch.tensor([1, 5, 2])
-    logits = h @ items[1:].T
+    h = torch.randn(2, 3, 4, generator=gen)  # (B, T, d)
+    targets = torch.tensor([[0, 1, 5], [2, 3, 4]])  # 0: a padding position, ignored
+    real = targets != 0
+    logits = h[real] @ items[1:].T
     ce = sequence_loss("ce", h, targets, items, gen)
-    assert ce.item() == pytest.approx(F.cross_entropy(logits, targets - 1).item(), rel=1e-5)
-    # gBCE with t = 0 is plain BCE over the same negatives (beta = 1).
+    assert ce.item() == pytest.approx(F.cross_entropy(logits, targets[real] - 1).item(), rel=1e-5)
+    # gBCE with t = 0 is gSASRec's plain BCE (beta = 1) over the same negatives, averaged
+    # over the 1 + k logits of each real position. Small catalogue: the pool is all items.
     g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
     gbce = sequence_loss("gbce", h, targets, items, g1, num_negatives=3, gbce_t=0.0)
-    neg = torch.randint(1, 6, (3,), generator=g2)
-    pos = -F.logsigmoid((h * items[targets]).sum(-1))
-    negs = -(F.logsigmoid(-(h @ items[neg].T)) * (neg[None] != targets[:, None])).sum(-1)
-    assert gbce.item() == pytest.approx((pos + negs).mean().item(), rel=1e-5)
+    neg = torch.arange(1, 6)[torch.randint(0, 5, (5, 3), generator=g2)]  # per real position
+    expected = []
+    for n, (hn, tn) in enumerate(zip(h[real], targets[real], strict=True)):
+        pos = -F.logsigmoid(hn @ items[tn])
+        negs = sum(-F.logsigmoid(-(hn @ items[j])) for j in neg[n] if j != tn)
+        expected.append((pos + negs) / 4)
+    assert gbce.item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-5)
 
 
 @pytest.mark.parametrize("loss", LOSSES)
 def test_every_loss_is_finite_and_has_gradients(loss):
     gen = torch.Generator().manual_seed(0)
     items = torch.randn(50, 8, requires_grad=True)
-    h = torch.randn(20, 8, requires_grad=True)
-    targets = torch.randint(1, 50, (20,), generator=gen)
+    h = torch.randn(4, 5, 8, requires_grad=True)
+    targets = torch.randint(1, 50, (4, 5), generator=gen)
+    targets[0, :2] = 0  # padding positions
     log_q = popularity_log_q(torch.arange(50))
     value = sequence_loss(loss, h, targets, items, gen, num_negatives=10, log_q=log_q)
     value.backward()
-    assert torch.isfinite(value) and h.grad.abs().sum() > 0
+    assert torch.isfinite(value) and h.grad[1].abs().sum() > 0
+    assert h.grad[0, :2].abs().sum() == 0  # ignored positions get no gradient
     assert items.grad[0].abs().sum() == 0  # padding is never a target or a negative
 
 

@@ -31,6 +31,7 @@ class SASRecConfig:
     # (a (B, H, T, T) random mask per layer) for no measured gain in accuracy.
     attn_dropout: float = 0.0
     pre_ln: bool = True  # False: the paper's post-LN blocks
+    scale_embeddings: bool = True  # multiply item embeddings by sqrt(d_model) (the paper's)
 
     def __post_init__(self) -> None:
         if self.num_items < 1:
@@ -157,7 +158,8 @@ class SASRec(nn.Module):
         if T > self.cfg.max_len:
             raise ValueError(f"sequence length {T} exceeds max_len={self.cfg.max_len}")
         pos = torch.arange(self.cfg.max_len - T, self.cfg.max_len, device=items.device)  # (T,)
-        x = self.item_emb(items) * math.sqrt(self.cfg.d_model) + self.pos_emb(pos)  # (B, T, d)
+        scale = math.sqrt(self.cfg.d_model) if self.cfg.scale_embeddings else 1.0
+        x = self.item_emb(items) * scale + self.pos_emb(pos)  # (B, T, d)
         x = self.emb_drop(x) * (items != 0).unsqueeze(-1)  # padding stays zero
         mask = attention_mask(items)  # (B, 1, T, T)
         weights = []

@@ -47,10 +47,10 @@ class TrainingError(RuntimeError):
 class TrainConfig:
     """Every optimisation hyper-parameter."""
 
-    loss: str = "ce"
+    loss: str = "sampled-softmax"
     epochs: int = 200  # at most; early stopping usually ends sooner
     batch_size: int = 128
-    lr: float = 1e-3
+    lr: float = 2e-3
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # max gradient norm; 0 = off
     num_negatives: int = 256  # sampled-softmax and gbce
@@ -59,6 +59,9 @@ class TrainConfig:
     eval_every: int = 1  # epochs between validations
     seed: int = 0
     threads: int = 0  # torch threads; 0 = the cores this process may use
+    # Which max_len + 1 training events of a longer user an epoch shows: "last" (the
+    # paper's) or a "random" full window, so that older events are trained on too.
+    window: str = "random"
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -66,6 +69,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "patience", "eval_every", "num_negatives"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: expected at least 1")
+        if self.window not in ("last", "random"):
+            raise ValueError(f"window {self.window!r} is unknown; expected 'last' or 'random'")
         if self.lr <= 0:
             raise ValueError(f"lr={self.lr}: expected > 0")
 
@@ -218,7 +223,16 @@ class Trainer:
         users, start, stop = data.train_ranges()
         if len(users) == 0:
             raise ValueError(f"{str(data.path)!r}: no user has 2 or more training events")
-        batches = self._batches(np.minimum(stop - start, self.model_cfg.max_len + 1))
+        span = self.model_cfg.max_len + 1
+        if cfg.window == "random":
+            # A full window ending anywhere it fits, so that events older than the last
+            # max_len are trained on too; shorter sequences are taken whole.
+            length = stop - start
+            full = np.minimum(length, span)
+            stop = (
+                start + full + (self.rng.random(len(length)) * (length - full + 1)).astype(np.int64)
+            )
+        batches = self._batches(np.minimum(stop - start, span))
         self.model.train()
         items = self.model.item_emb.weight
         total, steps = 0.0, 0
@@ -227,11 +241,10 @@ class Trainer:
                 *training_batch(data.items, start[idx], stop[idx], self.model_cfg.max_len)
             )
             h, _ = self.model(inputs)  # (B, T, d)
-            real = targets != 0  # (B, T)
             loss = sequence_loss(
                 cfg.loss,
-                h[real],
-                targets[real],
+                h,
+                targets,
                 items,
                 self.gen,
                 num_negatives=cfg.num_negatives,
