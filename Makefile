@@ -24,6 +24,9 @@ demo: $(STAMP)
 	$(BIN)/recsys train --data $(DEMO_DIR)/prepared --max-len 50 --epochs 30 \
 		--output $(DEMO_DIR)/run
 	$(BIN)/recsys evaluate --model $(DEMO_DIR)/run/bundle --data $(DEMO_DIR)/prepared
+	rm -rf $(DEMO_DIR)/recommendations
+	$(BIN)/recsys recommend --model $(DEMO_DIR)/run/bundle --users all --k 100 \
+		--output $(DEMO_DIR)/recommendations
 
 test: $(STAMP)
 	$(BIN)/ruff check recsys pipelines tests benchmarks

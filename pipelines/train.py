@@ -10,6 +10,7 @@ the best checkpoint, per-user metrics and a learning-curve plot.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import tempfile
 import time
@@ -71,6 +72,7 @@ class TrainJobConfig:
     run_name: str | None = None
     output: str | None = None
     resume: bool = False
+    register_name: str | None = None  # model registry name; default recsys-EXPERIMENT
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -97,6 +99,23 @@ def _log_result(res: EvalResult, out_dir: Path, step: int) -> None:
     path = out_dir / f"per_user_{res.metric_name('metrics')}.parquet"
     res.per_user.write_parquet(path)
     mlflow.log_artifact(str(path), "per_user")
+
+
+def _log_model(bundle: Path, name: str) -> str:
+    """Log the bundle as one pyfunc model, register it; return ``models:/name/version``."""
+    import mlflow
+
+    from recsys.serving import MODEL_NAME, RecsysModel
+
+    info = mlflow.pyfunc.log_model(
+        name=MODEL_NAME,
+        python_model=RecsysModel(),
+        artifacts={ARTIFACT_PATH: str(bundle)},
+        registered_model_name=name,
+        # Served with --env-manager local from this environment; listed for reference.
+        pip_requirements=["torch", "faiss-cpu", "polars", "pandas", "numpy", "mlflow"],
+    )
+    return f"models:/{name}/{info.registered_model_version}"
 
 
 def run(cfg: TrainJobConfig) -> dict[str, Any]:
@@ -183,7 +202,9 @@ def run(cfg: TrainJobConfig) -> dict[str, Any]:
                     _log_result(res, Path(tmp), last_step)
                     metrics.update(res.flat())
         bundle = save_bundle(out / "bundle", cfg.model, weights, data, meta)
+        log_params(json.loads((bundle / "index.json").read_text()))
         mlflow.log_artifacts(str(bundle), ARTIFACT_PATH)
+        registered = _log_model(bundle, cfg.register_name or f"recsys-{experiment}")
         if trainer is not None:
             mlflow.log_artifact(str(out / "checkpoints" / BEST), "checkpoints")
             log_learning_curve(trainer.history)
@@ -199,6 +220,7 @@ def run(cfg: TrainJobConfig) -> dict[str, Any]:
     )
     return {
         "run_id": active.info.run_id,
+        "registered_model": registered,
         "experiment": experiment,
         "protocol": protocol_label(eval_cfg.exclude_seen),
         "bundle": str(bundle),

@@ -10,3 +10,12 @@ import os
 os.environ.setdefault("_RJEM_MALLOC_CONF", "dirty_decay_ms:200,muzzy_decay_ms:0")
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # Imported on first use, so that `recsys --help` does not pay for torch and faiss.
+    if name == "Recommender":
+        from recsys.recommender import Recommender
+
+        return Recommender
+    raise AttributeError(f"module 'recsys' has no attribute {name!r}")

@@ -2,9 +2,10 @@
 
 ``bundle.json`` (format, model kind, model/training config, dataset identity),
 ``weights.pt`` (a state dict; loads with ``weights_only=True``), the item and user
-vocabularies, and ``histories.parquet`` (each known user's whole history), so scoring
-needs no access to the training data. The batch job, the Python API, ``recsys evaluate``
-and the MLflow model all load it through :func:`load_bundle`.
+vocabularies, ``histories.parquet`` (each known user's whole history) and the faiss item
+index (``items.faiss``, ``index.json``), so scoring needs no access to the training data.
+The batch job, the Python API, ``recsys evaluate`` and the MLflow model all load it
+through :func:`load_bundle`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import torch
 
@@ -24,6 +26,7 @@ from recsys.evaluation.evaluate import Scorer
 from recsys.io import atomic_dir
 from recsys.models.sasrec import SASRec, SASRecConfig
 from recsys.models.scorers import MostPopular, SASRecScorer
+from recsys.retrieval.index import IndexConfig, ItemIndex
 
 FORMAT = "recsys-bundle"
 VERSION = 1
@@ -40,14 +43,30 @@ class Bundle:
     scorer: Scorer
     item_vocab: pl.DataFrame  # item_idx, item_id[, title, genres]
     user_vocab: pl.DataFrame  # user_idx, user_id
+    index: ItemIndex
+    _histories: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def dataset(self) -> dict[str, Any]:
         return self.meta["dataset"]
 
-    def histories(self) -> pl.DataFrame:
-        """``user_idx, item_idx`` (list, time order): every known user's whole history."""
-        return pl.read_parquet(self.path / "histories.parquet")
+    @property
+    def num_items(self) -> int:
+        return self.item_vocab.height
+
+    def histories(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every known user's whole history as ``(flat item_idx, offsets)``, by user_idx.
+
+        User ``u``'s items (time order) are ``flat[offsets[u - 1]:offsets[u]]``.
+        """
+        if self._histories is None:
+            df = pl.read_parquet(self.path / "histories.parquet")
+            lengths = df["item_idx"].list.len().to_numpy().astype(np.int64)
+            offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+            np.cumsum(lengths, out=offsets[1:])
+            flat = df["item_idx"].explode().to_numpy().astype(np.int64)
+            self._histories = (flat, offsets)
+        return self._histories
 
 
 def save_bundle(
@@ -56,6 +75,7 @@ def save_bundle(
     weights: dict[str, torch.Tensor],
     data: SequenceData,
     meta: dict[str, Any],
+    index: IndexConfig | None = None,
 ) -> Path:
     """Write a bundle folder atomically.
 
@@ -71,6 +91,8 @@ def save_bundle(
         The prepared dataset the model was trained on (vocabularies, histories).
     meta : dict
         JSON-ready extras: ``model_config`` (SASRec), ``train_config``, anything else.
+    index : IndexConfig, optional
+        The faiss index over the item vectors (default: chosen by catalogue size).
     """
     if kind not in MODEL_KINDS:
         raise ValueError(f"model kind {kind!r} is unknown; expected one of {MODEL_KINDS}")
@@ -84,7 +106,17 @@ def save_bundle(
         pl.read_parquet(data.path / SEQUENCES_PART, columns=["user_idx", "item_idx"]).write_parquet(
             tmp / "histories.parquet"
         )
+        scorer = _scorer(kind, doc, weights)
+        ItemIndex(scorer.item_vectors().numpy(), index).save(tmp)
     return Path(path)
+
+
+def _scorer(kind: str, meta: dict[str, Any], weights: dict[str, torch.Tensor]) -> Scorer:
+    if kind == "sasrec":
+        model = SASRec(SASRecConfig(**meta["model_config"]))
+        model.load_state_dict(weights)
+        return SASRecScorer(model)
+    return MostPopular(weights["counts"].numpy())
 
 
 def load_bundle(path: str | Path) -> Bundle:
@@ -106,19 +138,13 @@ def load_bundle(path: str | Path) -> Bundle:
             f"expected {FORMAT!r} version {VERSION}"
         )
     weights = torch.load(path / "weights.pt", weights_only=True)
-    scorer: Scorer
-    if meta["kind"] == "sasrec":
-        model = SASRec(SASRecConfig(**meta["model_config"]))
-        model.load_state_dict(weights)
-        scorer = SASRecScorer(model)
-    else:
-        scorer = MostPopular(weights["counts"].numpy())
     return Bundle(
         path=path,
         meta=meta,
-        scorer=scorer,
+        scorer=_scorer(meta["kind"], meta, weights),
         item_vocab=pl.read_parquet(path / "vocab_items.parquet"),
         user_vocab=pl.read_parquet(path / "vocab_users.parquet"),
+        index=ItemIndex.load(path),
     )
 
 
@@ -138,7 +164,11 @@ def resolve_model(spec: str, tracking_uri: str | None = None) -> Path:
     try:
         if spec.startswith("models:/"):
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=spec))
-            return local / ARTIFACT_PATH if (local / ARTIFACT_PATH).is_dir() else local
+            # A pyfunc model keeps the bundle among its artifacts.
+            for candidate in (local / "artifacts" / ARTIFACT_PATH, local / ARTIFACT_PATH):
+                if candidate.is_dir():
+                    return candidate
+            return local
         return Path(mlflow.artifacts.download_artifacts(run_id=spec, artifact_path=ARTIFACT_PATH))
     except MlflowException as e:
         raise ValueError(

@@ -251,6 +251,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     a("--experiment", help="MLflow experiment (default: the dataset name)")
     a("--tracking-uri", dest="tracking_uri", help="MLflow tracking URI (default: see below)")
     a("--run-name", dest="run_name", help="MLflow run name")
+    a(
+        "--register-name",
+        dest="register_name",
+        help="model registry name (default recsys-EXPERIMENT); each run adds a version",
+    )
     a("--output", help="folder for checkpoints and the bundle (default data/runs/NAME-TIME)")
     a("--resume", action="store_true", default=None, help="continue an interrupted run")
     a("--no-progress", dest="progress", action="store_false", default=None, help="no bars")
@@ -261,7 +266,10 @@ def _run_train(args: argparse.Namespace) -> int:
     from pipelines.train import TrainJobConfig, run
 
     out = run(_config(TrainJobConfig, _given(args, ["data"])))
-    _print_summary(out, ["run_id", "experiment", "bundle", "best_epoch", "seconds_to_best"])
+    _print_summary(
+        out,
+        ["run_id", "experiment", "registered_model", "bundle", "best_epoch", "seconds_to_best"],
+    )
     return 0
 
 
@@ -323,11 +331,79 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_recommend(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "recommend",
+        help="write top-K recommendations for all (or listed) users to Parquet",
+        description="Score users in fixed-size chunks (flat memory whatever the number of "
+        "users) and write OUTPUT/part-*.parquet with columns user_id, rank (1 = best), "
+        "item_id, score, in raw IDs, then OUTPUT/manifest.json. Items of a user's known "
+        "history are never recommended unless --include-seen. Each part is written "
+        "atomically; a killed job re-run with the same arguments continues from the "
+        "finished parts.",
+        epilog="MODEL is an MLflow run id, models:/NAME/VERSION or a bundle folder. "
+        "Example: recsys recommend --model data/demo/run/bundle --users all --k 100 "
+        "--output data/demo/recommendations",
+    )
+    a = p.add_argument
+    a("--config", help="JSON/TOML file of the same options (flags override)")
+    a("--model", help="MLflow run id, models:/NAME/VERSION, or a bundle folder")
+    a("--users", help="'all' (default) or a file of user IDs (.txt, or .csv/.parquet with user_id)")
+    a("--k", type=int, help="recommendations per user (default 100)")
+    a("--output", help="folder for the Parquet parts and manifest")
+    a(
+        "--include-seen",
+        dest="include_seen",
+        action="store_true",
+        default=None,
+        help="allow items of the user's history",
+    )
+    a("--chunk-users", dest="chunk_users", type=int, help="users per part (default 10000)")
+    a("--tracking-uri", dest="tracking_uri", help="MLflow tracking URI (for run ids)")
+    a("--no-progress", dest="progress", action="store_false", default=None, help="no bars")
+    p.set_defaults(handler=_run_recommend)
+
+
+def _run_recommend(args: argparse.Namespace) -> int:
+    from pipelines.recommend import RecommendConfig, run
+
+    cfg = _config(RecommendConfig, _given(args, ["model", "output"]))
+    m = run(cfg)
+    print(
+        f"{m['rows']:,} recommendations for {m['num_users']:,} users (k={m['k']}) in "
+        f"{m['parts']} part(s) under {cfg.output}"
+    )
+    _preview(cfg.output, cfg.model, cfg.tracking_uri)
+    return 0
+
+
+def _preview(output: str, model: str, tracking_uri: str | None, users: int = 3, k: int = 5):
+    """Print the first users' top items, with titles when the model's vocabulary has them."""
+    from pathlib import Path
+
+    import polars as pl
+
+    from recsys.bundle import load_bundle, resolve_model
+
+    first = pl.read_parquet(Path(output) / "part-00000.parquet")
+    shown = first["user_id"].unique(maintain_order=True).head(users)
+    top = first.filter(pl.col("user_id").is_in(shown.implode()) & (pl.col("rank") <= k))
+    vocab = load_bundle(resolve_model(model, tracking_uri)).item_vocab
+    if "title" in vocab.columns:
+        top = top.join(vocab.select("item_id", "title"), on="item_id", how="left")
+    for user, rows in top.group_by("user_id", maintain_order=True):
+        print(f"user {user[0]}:")
+        for row in rows.iter_rows(named=True):
+            title = f"  {row['title']}" if row.get("title") else ""
+            print(f"  {row['rank']:>3}. item {row['item_id']}{title}  (score {row['score']:.3f})")
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_generate,
     _add_prepare,
     _add_train,
     _add_evaluate,
+    _add_recommend,
 ]
 
 

@@ -8,7 +8,9 @@ import pytest
 from recsys.cli import main
 
 
-@pytest.mark.parametrize("command", [[], ["generate"], ["prepare"], ["train"], ["evaluate"]])
+@pytest.mark.parametrize(
+    "command", [[], ["generate"], ["prepare"], ["train"], ["evaluate"], ["recommend"]]
+)
 def test_help(command, capsys):
     with pytest.raises(SystemExit) as exc:
         main([*command, "--help"])

@@ -1,0 +1,148 @@
+"""Batch recommendation job: top-K items for every user (or a list of users) → Parquet parts.
+
+Run it as ``recsys recommend --model MODEL --users all --k 100 --output DIR``. Users are
+scored in fixed-size chunks through :func:`recsys.scoring.score_chunk`, one Parquet part
+per chunk (``part-00000.parquet``, ...), each written atomically, so memory stays flat
+whatever the number of users. A killed job re-run with the same arguments skips the parts
+already written and ends with exactly one list per user. ``manifest.json``, written last,
+records the model, K and the counts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+from tqdm.auto import tqdm
+
+from recsys.bundle import Bundle, load_bundle, resolve_model
+from recsys.data.dataset import gather_ragged
+from recsys.io import atomic_file, sha256_file, write_json
+from recsys.scoring import RESULT_SCHEMA, results_frame, score_chunk
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RecommendConfig:
+    """Everything the batch job needs."""
+
+    model: str
+    output: str
+    users: str = "all"
+    k: int = 100
+    include_seen: bool = False
+    chunk_users: int = 10_000
+    tracking_uri: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"k={self.k}: expected at least 1")
+        if self.chunk_users < 1:
+            raise ValueError(f"chunk_users={self.chunk_users}: expected at least 1")
+
+
+def read_user_ids(path: str | Path) -> list[str]:
+    """User IDs from a ``.parquet``/``.csv`` file (column ``user_id``) or text, one per line."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"users file {str(p)!r} does not exist")
+    if p.suffix in (".parquet", ".csv"):
+        df = pl.read_parquet(p) if p.suffix == ".parquet" else pl.read_csv(p, infer_schema=False)
+        if "user_id" not in df.columns:
+            raise ValueError(f"{str(p)!r} has no column 'user_id'; columns: {df.columns}")
+        ids = df["user_id"].cast(pl.String)
+        if ids.null_count():
+            row = int(ids.is_null().arg_true()[0])
+            raise ValueError(f"{str(p)!r}, row {row + 1}: empty user_id")
+        return ids.to_list()
+    return [line.strip() for line in p.read_text().splitlines() if line.strip()]
+
+
+def _users(bundle: Bundle, spec: str) -> tuple[np.ndarray, np.ndarray]:
+    """(user_idx, raw user IDs) to score, in output order."""
+    vocab = bundle.user_vocab
+    if spec == "all":
+        return vocab["user_idx"].to_numpy().astype(np.int64), vocab["user_id"].to_numpy()
+    ids = pl.DataFrame({"user_id": read_user_ids(spec)}, schema={"user_id": pl.String})
+    dup = ids.filter(ids["user_id"].is_duplicated())["user_id"].unique().to_list()
+    if dup:
+        raise ValueError(f"users file {spec!r} lists user(s) twice, e.g. {dup[:5]}")
+    mapped = ids.join(vocab, on="user_id", how="left", maintain_order="left")
+    missing = mapped.filter(pl.col("user_idx").is_null())["user_id"].to_list()
+    if missing:
+        raise ValueError(
+            f"users file {spec!r} has {len(missing)} user ID(s) the model does not know, "
+            f"e.g. {missing[:5]}"
+        )
+    return mapped["user_idx"].to_numpy().astype(np.int64), mapped["user_id"].to_numpy()
+
+
+def run(cfg: RecommendConfig) -> dict[str, Any]:
+    """Write (or finish writing) the recommendations; return the manifest."""
+    bundle = load_bundle(resolve_model(cfg.model, cfg.tracking_uri))
+    if cfg.k > bundle.num_items:
+        raise ValueError(f"k={cfg.k} exceeds the catalogue size {bundle.num_items}")
+    users, raw_ids = _users(bundle, cfg.users)
+    out = Path(cfg.output)
+    job = {
+        "model": cfg.model,
+        "weights_sha256": sha256_file(bundle.path / "weights.pt"),
+        "users": cfg.users if cfg.users == "all" else sha256_file(cfg.users),
+        "num_users": len(users),
+        "k": cfg.k,
+        "include_seen": cfg.include_seen,
+        "chunk_users": cfg.chunk_users,
+    }
+    job_path = out / "job.json"
+    if job_path.is_file():
+        previous = json.loads(job_path.read_text())
+        if previous != job:
+            raise ValueError(
+                f"{str(out)!r} holds the output of another job ({previous}); resume only "
+                "with the same arguments, or write to another --output"
+            )
+    elif out.exists() and any(out.iterdir()):
+        raise ValueError(f"{str(out)!r} exists and is not the output of a recommend job")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(job_path, job)
+
+    flat, offsets = bundle.histories()
+    chunks = range(0, len(users), cfg.chunk_users)
+    bar = tqdm(total=len(users), desc="recommend", unit="user", disable=not cfg.progress)
+    rows = written = 0
+    for part, lo in enumerate(chunks):
+        path = out / f"part-{part:05d}.parquet"
+        u = users[lo : lo + cfg.chunk_users]
+        if path.is_file():  # finished by an earlier, interrupted run
+            rows += pl.scan_parquet(path).select(pl.len()).collect().item()
+            bar.update(len(u))
+            continue
+        h, h_off = gather_ragged(flat, offsets[u - 1], offsets[u])
+        items, scores = score_chunk(bundle, h, h_off, cfg.k, exclude_seen=not cfg.include_seen)
+        df = results_frame(bundle, raw_ids[lo : lo + cfg.chunk_users], items, scores)
+        with atomic_file(path) as tmp:
+            df.write_parquet(tmp)
+        rows += df.height
+        written += 1
+        bar.update(len(u))
+    bar.close()
+    manifest = {
+        **job,
+        "parts": len(chunks),
+        "parts_written_by_this_run": written,
+        "rows": rows,
+        "columns": list(RESULT_SCHEMA),
+        "dataset": bundle.dataset,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    write_json(out / "manifest.json", manifest)
+    log.info("%d recommendations for %d users in %s", rows, len(users), out)
+    return manifest
