@@ -27,7 +27,14 @@ from recsys.data.dataset import SequenceData
 from recsys.evaluation.evaluate import EvalConfig, EvalResult, evaluate
 from recsys.models.sasrec import SASRecConfig
 from recsys.models.scorers import MostPopular, SASRecScorer
-from recsys.tracking import git_commit, log_learning_curve, log_params, protocol_label, setup
+from recsys.tracking import (
+    git_commit,
+    log_learning_curve,
+    log_params,
+    project_run_id,
+    protocol_label,
+    setup,
+)
 from recsys.training.trainer import BEST, LAST, TrainConfig, Trainer
 
 log = logging.getLogger(__name__)
@@ -145,20 +152,20 @@ def run(cfg: TrainJobConfig) -> dict[str, Any]:
         if cfg.resume and trainer.resume():
             run_id = trainer.extra.get("run_id")
     run_name = cfg.run_name or (f"{cfg.model}-{cfg.loss}-L{cfg.max_len}" if trainer else cfg.model)
+    run_id = run_id or project_run_id()
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name) as active:
-        if run_id is None:
-            log_params({**to_dict(cfg), **info})
-            mlflow.set_tags(
-                {
-                    "model": cfg.model,
-                    "dataset": info["dataset_name"],
-                    "dataset_version": info["dataset_version"],
-                    "split": info["split"],
-                    "eval_protocol": protocol_label(eval_cfg.exclude_seen),
-                    "git_commit": git_commit() or "unknown",
-                }
-            )
-            mlflow.log_dict(to_dict(cfg), "config.json")
+        log_params({**to_dict(cfg), **info})
+        mlflow.set_tags(
+            {
+                "model": cfg.model,
+                "dataset": info["dataset_name"],
+                "dataset_version": info["dataset_version"],
+                "split": info["split"],
+                "eval_protocol": protocol_label(eval_cfg.exclude_seen),
+                "git_commit": git_commit() or "unknown",
+            }
+        )
+        mlflow.log_dict(to_dict(cfg), "config.json")
         t0 = time.perf_counter()
         meta: dict[str, Any] = {"train_config": to_dict(cfg)}
         if trainer is not None:

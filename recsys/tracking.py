@@ -47,6 +47,9 @@ def setup(experiment: str, uri: str | None = None) -> str:
 
     uri = tracking_uri(uri)
     mlflow.set_tracking_uri(uri)
+    if project_run_id():
+        # Under `mlflow run`, the project's run (and its experiment) is already chosen.
+        return mlflow.get_run(project_run_id()).info.experiment_id
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is None:
         root = _artifact_root(uri)
@@ -67,6 +70,11 @@ def protocol_label(exclude_seen: bool, protocol: str = "full") -> str:
     return f"full ranking over all items, {seen}"
 
 
+def project_run_id() -> str | None:
+    """The run ``mlflow run`` opened for this process, if any."""
+    return os.environ.get("MLFLOW_RUN_ID") or None
+
+
 def git_commit() -> str | None:
     """The commit of the ``recsys`` checkout, if it is one and git is available."""
     here = Path(__file__).resolve().parent
@@ -80,10 +88,16 @@ def git_commit() -> str | None:
 
 
 def log_params(params: Mapping[str, Any]) -> None:
-    """Log params, values as strings (``None`` as ``"None"``), in batches MLflow accepts."""
+    """Log params to the active run, values as strings (``None`` as ``"None"``).
+
+    Keys the run already has are skipped (a resumed run, or one opened by ``mlflow run``
+    with its own parameters), since MLflow refuses to log a param twice.
+    """
     import mlflow
 
-    items = [(k, "None" if v is None else str(v)) for k, v in params.items()]
+    run = mlflow.active_run()
+    logged = mlflow.get_run(run.info.run_id).data.params if run else {}
+    items = [(k, "None" if v is None else str(v)) for k, v in params.items() if k not in logged]
     for lo in range(0, len(items), 100):
         mlflow.log_params(dict(items[lo : lo + 100]))
 
