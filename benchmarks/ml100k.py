@@ -67,7 +67,10 @@ def main() -> None:
         f"\nml-100k (version {manifest['dataset']['version']}), leave-one-out, test split, "
         f"{rows[0][1]['protocol']}, {manifest['num_items']:,} items; 95% bootstrap CIs"
     )
-    print(f"{'model':28s} {'HR@10':>24s} {'NDCG@10':>24s} {'best ep':>7s} {'s to best':>9s}")
+    print(
+        f"{'model':28s} {'HR@10':>24s} {'NDCG@10':>24s} {'best ep':>7s} {'s to best':>9s} "
+        f"{'valid NDCG@10':>13s} {'valid/s':>8s}"
+    )
     for spec, out in rows:
         print(_row(spec, out))
 
@@ -79,8 +82,14 @@ def _row(spec: dict, out: dict) -> str:
         return f"{out[metric]:.4f} ({out[metric + '_ci_low']:.4f}-{out[metric + '_ci_high']:.4f})"
 
     best = f"{out.get('best_epoch', '-'):>7}"
-    secs = f"{out.get('seconds_to_best', 0.0):9.1f}"
-    return f"{name:28s} {ci('test_hr_at_10'):>24s} {ci('test_ndcg_at_10'):>24s} {best} {secs}"
+    seconds = out.get("seconds_to_best", 0.0)
+    valid = out["valid_ndcg_at_10"]
+    # Validation NDCG@10 per second of training: how the default loss was chosen.
+    per_s = f"{valid / seconds:8.5f}" if seconds else f"{'-':>8s}"
+    return (
+        f"{name:28s} {ci('test_hr_at_10'):>24s} {ci('test_ndcg_at_10'):>24s} {best} "
+        f"{seconds:9.1f} {valid:13.4f} {per_s}"
+    )
 
 
 if __name__ == "__main__":
