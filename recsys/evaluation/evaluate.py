@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from recsys.data.dataset import SequenceData, Stage, gather_ragged, ragged_to_padded
 from recsys.evaluation.metrics import bootstrap_ci, per_user_metrics
-from recsys.evaluation.ranking import drop_targets, target_ranks, top_k
+from recsys.evaluation.ranking import drop_targets, rank_and_top_k
 from recsys.training.batches import input_batch
 
 log = logging.getLogger(__name__)
@@ -197,8 +197,7 @@ def evaluate(
             if cfg.exclude_seen:
                 hist = torch.from_numpy(ragged_to_padded(*gather_ragged(data.items, start, stop)))
                 exclude = drop_targets(hist, targets)
-            ranks = target_ranks(users, item_vecs, targets, exclude)
-            top, _ = top_k(users, item_vecs, max_k, exclude)
+            ranks, top, _ = rank_and_top_k(users, item_vecs, targets, max_k, exclude)
             for k in cfg.ks:
                 covered[k][top[:, :k].numpy().ravel()] = True
         else:

@@ -11,10 +11,11 @@ are deterministic and a target's rank agrees with its position in the top-K list
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 NEG_INF = float("-inf")
-BLOCK_ELEMENTS = 1 << 22  # scores held at once: 16 MB of float32
+BLOCK_ELEMENTS = 1 << 23  # scores held at once: 32 MB of float32
 
 
 def _block_size(batch: int, num_items: int) -> int:
@@ -49,24 +50,7 @@ def target_ranks(
     A target's rank counts the items, not excluded, that score higher, or equal with a
     lower index. ``exclude`` must not contain the targets (see :func:`drop_targets`).
     """
-    B, M = targets.shape
-    num = item_vecs.shape[0]
-    t_scores = (users[:, None, :] * item_vecs[targets]).sum(-1)  # (B, M)
-    ranks = torch.zeros(B, M, dtype=torch.long)
-    step = _block_size(B * M, num)
-    for lo in range(0, num, step):
-        hi = min(lo + step, num)
-        scores = users @ item_vecs[lo:hi].T  # (B, n)
-        _mask_excluded(scores, exclude, lo, hi)
-        idx = torch.arange(lo, hi)  # (n,)
-        s = scores[:, None, :]  # (B, 1, n)
-        t = t_scores[:, :, None]  # (B, M, 1)
-        i, j = idx[None, None, :], targets[:, :, None]
-        ahead = (s > t) | ((s == t) & (i < j))  # (B, M, n)
-        # The block's matmul may round the target's own score differently from t_scores;
-        # an item never ranks ahead of itself.
-        ranks += (ahead & (i != j)).sum(-1)
-    return ranks.masked_fill(targets == 0, -1)
+    return rank_and_top_k(users, item_vecs, targets, 0, exclude)[0]
 
 
 def top_k(
@@ -79,24 +63,66 @@ def top_k(
 
     Where fewer than k items may be ranked, the list ends with item 0 and score -inf.
     """
+    _, items, scores = rank_and_top_k(users, item_vecs, None, k, exclude)
+    return items, scores
+
+
+def rank_and_top_k(
+    users: torch.Tensor,
+    item_vecs: torch.Tensor,
+    targets: torch.Tensor | None,
+    k: int,
+    exclude: torch.Tensor | None = None,
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """Target ranks (as :func:`target_ranks`) and top-k lists (as :func:`top_k`) in one
+    pass over the item blocks, so each score is computed once."""
     B = users.shape[0]
     num = item_vecs.shape[0]
+    M = targets.shape[1] if targets is not None else 0
     best_s = torch.full((B, 0), NEG_INF)
     best_i = torch.zeros((B, 0), dtype=torch.long)
-    step = _block_size(B, num)
+    if M:
+        t_scores = (users[:, None, :] * item_vecs[targets]).sum(-1)  # (B, M)
+        # Counting is done in numpy: counting a boolean tensor is ~5x slower in torch.
+        t = t_scores.numpy()[:, :, None]  # (B, M, 1)
+        j = targets.numpy()[:, :, None]  # (B, M, 1)
+        rows = np.arange(B)[:, None]  # (B, 1)
+        ranks = np.zeros((B, M), dtype=np.int64)
+    step = _block_size(B * max(M, 1), num)
     for lo in range(0, num, step):
         hi = min(lo + step, num)
         scores = users @ item_vecs[lo:hi].T  # (B, n)
         _mask_excluded(scores, exclude, lo, hi)
-        s, i = _block_top_k(scores, min(k, hi - lo))
-        best_s, best_i = _merge(best_s, best_i, s, i + lo, k)
-    best_i = best_i.masked_fill(best_s == NEG_INF, 0)
-    return best_i, best_s
+        if M:
+            s = scores.numpy()[:, None, :]  # (B, 1, n)
+            ranks += np.count_nonzero(s > t, axis=-1)
+            # The block's matmul may round a target's own score differently from
+            # t_scores; an item never ranks ahead of itself.
+            inside = (j[..., 0] >= lo) & (j[..., 0] < hi)  # (B, M)
+            own = s[rows, 0, np.clip(j[..., 0] - lo, 0, hi - lo - 1)]  # (B, M)
+            ranks -= inside & (own > t[..., 0])
+            tied = s == t  # (B, M, n)
+            if tied.any():  # rare with real-valued scores: ties go to the lower index
+                i = np.arange(lo, hi)[None, None, :]
+                ranks += np.count_nonzero(tied & (i < j), axis=-1)
+        if k:
+            bs, bi = _block_top_k(scores, min(k, hi - lo))
+            best_s, best_i = _merge(best_s, best_i, bs, bi + lo, k)
+    out_ranks = torch.from_numpy(ranks).masked_fill(targets == 0, -1) if M else None
+    return out_ranks, best_i.masked_fill(best_s == NEG_INF, 0), best_s
 
 
 def _block_top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k of one block with ties at the k-th score resolved to the lowest indices."""
-    kth = scores.topk(k, dim=1).values[:, -1:]  # (B, 1)
+    vals, cols = scores.topk(k, dim=1)  # (B, k), best first
+    kth = vals[:, -1:]  # (B, 1)
+    if bool((np.count_nonzero(scores.numpy() >= kth.numpy(), axis=1) == k).all()):
+        # No tie crosses the k-th place: topk chose the right items; order equal scores
+        # among them by index.
+        cols, order = cols.sort(dim=1)
+        vals = vals.gather(1, order)
+        order = vals.argsort(dim=1, descending=True, stable=True)
+        return vals.gather(1, order), cols.gather(1, order)
     above = scores > kth
     tied = scores == kth
     # Of the items tied with the k-th score, keep the lowest-indexed ones that fit.
