@@ -60,6 +60,7 @@ class TrainJobConfig:
     attn_dropout: float = 0.0
     pre_ln: bool = True
     scale_embeddings: bool = True
+    tie_embeddings: bool = True
     epochs: int = 200
     batch_size: int = 128
     lr: float = 2e-3

@@ -218,6 +218,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="which max-len events of a longer user an epoch trains on: a random full "
         "window (default) or the last (the paper's)",
     )
+    a(
+        "--untied-embeddings",
+        dest="tie_embeddings",
+        action="store_false",
+        default=None,
+        help="score with separate output item embeddings (gSASRec's; use with gbce)",
+    )
     a("--epochs", type=int, help="most epochs (default 200; early stopping ends sooner)")
     a("--batch-size", dest="batch_size", type=int, help="users per batch (default 128)")
     a("--lr", type=float, help="AdamW learning rate (default 2e-3)")

@@ -32,6 +32,9 @@ class SASRecConfig:
     attn_dropout: float = 0.0
     pre_ln: bool = True  # False: the paper's post-LN blocks
     scale_embeddings: bool = True  # multiply item embeddings by sqrt(d_model) (the paper's)
+    # Score with the input item embeddings (the paper's), or with separate output ones
+    # (gSASRec's choice, needed for its many-negatives gbce loss to train).
+    tie_embeddings: bool = True
 
     def __post_init__(self) -> None:
         if self.num_items < 1:
@@ -134,6 +137,11 @@ class SASRec(nn.Module):
         self.emb_drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model) if cfg.pre_ln else nn.Identity()
+        self.out_emb = (
+            None
+            if cfg.tie_embeddings
+            else nn.Embedding(cfg.num_items + 1, cfg.d_model, padding_idx=0)
+        )
         self.apply(self._init)
 
     @staticmethod
@@ -173,12 +181,16 @@ class SASRec(nn.Module):
         """User representation (B, d): the hidden state at the last position."""
         return self(items)[0][:, -1, :]
 
+    def output_items(self) -> torch.Tensor:
+        """Item vectors (num_items + 1, d) that scores are dot products with."""
+        return (self.item_emb if self.out_emb is None else self.out_emb).weight
+
     def score_all(self, h: torch.Tensor) -> torch.Tensor:
         """Scores (B, num_items + 1) of every item for representations h (B, d).
 
         Column 0 (padding) is meaningless; callers mask it.
         """
-        return h @ self.item_emb.weight.T
+        return h @ self.output_items().T
 
     def last_attention(self, items: torch.Tensor) -> torch.Tensor:
         """Attention (L, B, H, T) the last position paid to each history position."""

@@ -25,8 +25,8 @@ class SASRecScorer:
         return self.model.user_repr(inputs)
 
     def item_vectors(self) -> torch.Tensor:
-        """(num_items + 1, d) the shared item embeddings."""
-        return self.model.item_emb.weight.detach()
+        """(num_items + 1, d) the output item embeddings."""
+        return self.model.output_items().detach()
 
 
 class MostPopular:

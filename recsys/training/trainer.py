@@ -234,7 +234,7 @@ class Trainer:
             )
         batches = self._batches(np.minimum(stop - start, span))
         self.model.train()
-        items = self.model.item_emb.weight
+        items = self.model.output_items()
         total, steps = 0.0, 0
         for step, idx in enumerate(batches):
             inputs, targets = _trim(
