@@ -18,4 +18,8 @@ def __getattr__(name: str):
         from recsys.recommender import Recommender
 
         return Recommender
+    if name == "compare":
+        from recsys.comparison import compare
+
+        return compare
     raise AttributeError(f"module 'recsys' has no attribute {name!r}")

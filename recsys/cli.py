@@ -405,12 +405,55 @@ def _preview(output: str, model: str, tracking_uri: str | None, users: int = 3, 
             print(f"  {row['rank']:>3}. item {row['item_id']}{title}  (score {row['score']:.3f})")
 
 
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="compare training runs: metrics with CIs and paired significance tests",
+        description="Print one row per finished training run of an experiment: the params "
+        "that differ, the metric with its 95%% CI, training time and, against the "
+        "baseline (default: the first run), the difference with a paired bootstrap "
+        "p-value over per-user values, Holm-corrected across runs. Runs evaluated on "
+        "different data (dataset version, split, protocol) are refused unless "
+        "--allow-mixed. With --output, also writes comparison.csv, comparison.md and "
+        "comparison.png (metric with CI bars per run).",
+        epilog="Example: recsys compare --experiment ml-100k --metric test_ndcg_at_10",
+    )
+    a = p.add_argument
+    a("--experiment", required=True, help="MLflow experiment")
+    a("--runs", nargs="+", help="run ids (or prefixes) to compare (default: all finished)")
+    a("--baseline", help="run id (or prefix) to test against (default: the first run)")
+    a("--metric", default="test_ndcg_at_10", help="metric (default test_ndcg_at_10)")
+    a("--output", help="folder for comparison.csv, .md and .png")
+    a("--allow-mixed", dest="allow_mixed", action="store_true", help="compare anyway")
+    a("--tracking-uri", dest="tracking_uri", help="MLflow tracking URI")
+    p.set_defaults(handler=_run_compare)
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from recsys.comparison import compare, to_markdown, write_report
+
+    table = compare(
+        args.experiment,
+        runs=args.runs,
+        baseline=args.baseline,
+        metric=args.metric,
+        allow_mixed=args.allow_mixed,
+        tracking_uri=args.tracking_uri,
+    )
+    print(to_markdown(table, args.metric))
+    if args.output:
+        write_report(table, args.metric, args.output)
+        print(f"wrote comparison.csv, comparison.md, comparison.png to {args.output}")
+    return 0
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_generate,
     _add_prepare,
     _add_train,
     _add_evaluate,
     _add_recommend,
+    _add_compare,
 ]
 
 

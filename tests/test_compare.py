@@ -1,0 +1,126 @@
+"""Comparisons of real training runs: noise is not flagged, a crippled model is."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import make_prepared, successor_sequences
+
+import recsys
+from recsys.cli import main
+from recsys.comparison import holm, paired_bootstrap_p
+
+COMMON = [
+    "--max-len",
+    "12",
+    "--d-model",
+    "16",
+    "--batch-size",
+    "64",
+    "--no-progress",
+    "--loss",
+    "ce",
+    "--lr",
+    "0.01",
+]
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cmp")
+    data = make_prepared(root / "d", successor_sequences(400, 30, seed=5))
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    for name, extra in {
+        "seed1": ["--seed", "1", "--epochs", "15"],
+        "seed2": ["--seed", "2", "--epochs", "15"],
+        "crippled": ["--seed", "1", "--epochs", "1", "--lr", "0.00001"],
+    }.items():
+        assert (
+            main(
+                [
+                    "train",
+                    "--data",
+                    str(data),
+                    *COMMON,
+                    *extra,
+                    "--experiment",
+                    "cmp",
+                    "--tracking-uri",
+                    uri,
+                    "--run-name",
+                    name,
+                    "--output",
+                    str(root / name),
+                ]
+            )
+            == 0
+        )
+    other = make_prepared(root / "other", successor_sequences(100, 20, seed=6), name="other")
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(other),
+                "--model",
+                "most-popular",
+                "--no-progress",
+                "--experiment",
+                "cmp-mixed",
+                "--tracking-uri",
+                uri,
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(data),
+                "--model",
+                "most-popular",
+                "--no-progress",
+                "--experiment",
+                "cmp-mixed",
+                "--tracking-uri",
+                uri,
+            ]
+        )
+        == 0
+    )
+    return uri
+
+
+def test_seeds_do_not_differ_and_crippled_is_worse(experiment, tmp_path, capsys):
+    table = recsys.compare("cmp", tracking_uri=experiment)
+    rows = {r["name"]: r for r in table.iter_rows(named=True)}
+    assert rows["seed1"]["baseline"] and rows["seed1"]["p_value"] is None
+    assert not rows["seed2"]["significant"]
+    assert rows["crippled"]["significant"] and rows["crippled"]["diff"] < 0
+    assert "seed=1" in rows["seed1"]["params"] and "epochs=15" in rows["seed1"]["params"]
+
+    out = tmp_path / "report"
+    assert (
+        main(["compare", "--experiment", "cmp", "--tracking-uri", experiment, "--output", str(out)])
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert table["run"][2] in printed and "(baseline)" in printed
+    assert (out / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "comparison.csv").read_text().startswith("run,run_id")
+
+
+def test_runs_on_different_datasets_are_refused(experiment, capsys):
+    with pytest.raises(ValueError, match="runs differ in dataset_name"):
+        recsys.compare("cmp-mixed", tracking_uri=experiment)
+    assert main(["compare", "--experiment", "cmp-mixed", "--tracking-uri", experiment]) == 2
+    assert "not comparable" in capsys.readouterr().err
+
+
+def test_paired_bootstrap_and_holm_known_answers():
+    rng = np.random.default_rng(0)
+    assert paired_bootstrap_p(rng.normal(0, 1, 400)) > 0.05
+    assert paired_bootstrap_p(rng.normal(0.5, 1, 400)) < 0.001
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
