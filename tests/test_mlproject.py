@@ -14,8 +14,10 @@ PROJECT = Path(__file__).resolve().parents[1] / "mlflow"
 
 def _mlflow_run(entry: str, params: dict[str, str], cwd: Path) -> None:
     bin_dir = os.path.dirname(sys.executable)
+    # Earlier tests in this process may have set MLFLOW_* variables (mlflow does).
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env = {
-        **os.environ,
+        **clean,
         "PATH": f"{bin_dir}:{os.environ['PATH']}",
         "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}",
     }

@@ -50,7 +50,8 @@ def test_registered_model_served_over_rest(prepared, tmp_path, monkeypatch, caps
     port = _free_port()
     # mlflow starts `uvicorn` from PATH: the environment's bin folder must be on it.
     bin_dir = os.path.dirname(sys.executable)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env = {**clean, "MLFLOW_TRACKING_URI": uri, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     server = subprocess.Popen(
         [
             sys.executable,
