@@ -82,6 +82,8 @@ class TrainJobConfig:
     output: str | None = None
     resume: bool = False
     register_name: str | None = None  # model registry name; default recsys-EXPERIMENT
+    parent_run_id: str | None = None  # set by recsys sweep: the sweep's parent run
+    sweep_key: str | None = None  # set by recsys sweep: identifies this child's config
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -163,7 +165,12 @@ def run(cfg: TrainJobConfig) -> dict[str, Any]:
             run_id = trainer.extra.get("run_id")
     run_name = cfg.run_name or (f"{cfg.model}-{cfg.loss}-L{cfg.max_len}" if trainer else cfg.model)
     run_id = run_id or project_run_id()
-    with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name) as active:
+    tags = {}
+    if cfg.parent_run_id:
+        tags = {"mlflow.parentRunId": cfg.parent_run_id, "sweep_key": cfg.sweep_key or ""}
+    with mlflow.start_run(
+        run_id=run_id, run_name=None if run_id else run_name, tags=tags or None
+    ) as active:
         log_params({**to_dict(cfg), **info})
         mlflow.set_tags(
             {

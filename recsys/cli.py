@@ -447,6 +447,49 @@ def _run_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_sweep(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="train a grid of configs as child runs of one MLflow run",
+        description="Run every combination of the --grid values (times --seeds), or "
+        "--random N of them, one after another, each a full training run logged as a "
+        "child of one parent run. A failed child is recorded as failed and the sweep goes "
+        "on; running the same sweep again skips the children already finished.",
+        epilog="Example: recsys sweep --data data/prepared/ml-100k --experiment ml-100k "
+        "--grid loss=ce,bce max_len=50,200 --seeds 1,2. Then: recsys compare "
+        "--experiment ml-100k",
+    )
+    a = p.add_argument
+    a("--data", required=True, help="prepared-dataset folder")
+    a("--experiment", required=True, help="MLflow experiment")
+    a("--grid", nargs="+", required=True, help="NAME=V1,V2 per swept training option")
+    a("--seeds", type=lambda v: [int(x) for x in v.split(",")], default=[], help="e.g. 1,2")
+    a("--random", type=int, default=0, help="run N random combinations (default: all)")
+    a("--set", nargs="*", default=[], help="NAME=VALUE training options for every child")
+    a("--tracking-uri", dest="tracking_uri", help="MLflow tracking URI")
+    p.set_defaults(handler=_run_sweep)
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    from pipelines.sweep import SweepConfig, run
+
+    out = run(
+        SweepConfig(
+            data=args.data,
+            experiment=args.experiment,
+            grid=args.grid,
+            seeds=args.seeds,
+            random=args.random,
+            set=args.set,
+            tracking_uri=args.tracking_uri,
+        )
+    )
+    print(f"parent run: {out['parent_run_id']}")
+    for child in out["children"]:
+        print("  " + ", ".join(f"{k}={v}" for k, v in child.items()))
+    return 0 if out["failed"] < len(out["children"]) else 1
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_generate,
     _add_prepare,
@@ -454,6 +497,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_evaluate,
     _add_recommend,
     _add_compare,
+    _add_sweep,
 ]
 
 

@@ -58,7 +58,9 @@ def load_runs(
         raise ValueError(f"experiment {experiment!r} does not exist at {client.tracking_uri!r}")
     runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
     runs = [
-        r for r in runs if r.info.status == "FINISHED" and r.data.tags.get("kind") != "evaluation"
+        r
+        for r in runs
+        if r.info.status == "FINISHED" and r.data.tags.get("kind") not in ("evaluation", "sweep")
     ]
     if run_ids:
         chosen = []

@@ -124,3 +124,49 @@ def test_paired_bootstrap_and_holm_known_answers():
     assert paired_bootstrap_p(rng.normal(0, 1, 400)) > 0.05
     assert paired_bootstrap_p(rng.normal(0.5, 1, 400)) < 0.001
     assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+
+
+def test_sweep_children_failures_and_rerun(tmp_path, capsys):
+    from mlflow import MlflowClient
+
+    data = make_prepared(tmp_path / "d", successor_sequences(80, 20, seed=7))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = [
+        "sweep",
+        "--data",
+        str(data),
+        "--experiment",
+        "sw",
+        "--tracking-uri",
+        uri,
+        "--grid",
+        "lr=0.01,-1",
+        "--seeds",
+        "1,2",
+        "--set",
+        "epochs=1",
+        "max_len=12",
+        "d_model=16",
+        "loss=ce",
+    ]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.count("status=finished") == 2 and out.count("status=failed") == 2
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("sw").experiment_id
+    parent = _line(out, "parent run")
+    children = client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
+    assert sorted(c.info.status for c in children) == ["FAILED", "FAILED", "FINISHED", "FINISHED"]
+    assert all(c.data.params.get("parent_run_id") in (None, parent) for c in children)
+    # Again: the finished children are skipped, the failed ones tried again.
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert _line(out, "parent run") == parent
+    assert out.count("skipped (finished before)") == 2 and out.count("status=failed") == 2
+    assert client.get_run(parent).info.status == "FINISHED"
+    table = recsys.compare("sw", tracking_uri=uri)
+    assert table.height == 2 and "seed=1" in table["params"][0]
+
+
+def _line(out: str, key: str) -> str:
+    return next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith(key + ":"))
