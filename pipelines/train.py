@@ -14,7 +14,6 @@ import json
 import logging
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -120,20 +119,16 @@ def _log_model(bundle: Path, name: str) -> str:
 
     # The model is logged from code, so loading it unpickles nothing (DESIGN: artefacts).
     entry = Path(recsys.__file__).parent / "pyfunc_entry.py"
-    with warnings.catch_warnings():
-        # MLflow warns about predict()'s type hints, from which it would derive a rigid
-        # input schema; requests are validated by the model itself (recsys.serving).
-        warnings.simplefilter("ignore", UserWarning)
-        from recsys.serving import MODEL_NAME
+    from recsys.serving import MODEL_NAME
 
-        info = mlflow.pyfunc.log_model(
-            name=MODEL_NAME,
-            python_model=str(entry),
-            artifacts={ARTIFACT_PATH: str(bundle)},
-            registered_model_name=name,
-            # Served with --env-manager local from this environment; listed for reference.
-            pip_requirements=["torch", "faiss-cpu", "polars", "pandas", "numpy", "mlflow"],
-        )
+    info = mlflow.pyfunc.log_model(
+        name=MODEL_NAME,
+        python_model=str(entry),
+        artifacts={ARTIFACT_PATH: str(bundle)},
+        registered_model_name=name,
+        # Served with --env-manager local from this environment; listed for reference.
+        pip_requirements=["torch", "faiss-cpu", "polars", "pandas", "numpy", "mlflow"],
+    )
     return f"models:/{name}/{info.registered_model_version}"
 
 

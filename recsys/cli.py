@@ -415,7 +415,8 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
         "p-value over per-user values, Holm-corrected across runs. Runs evaluated on "
         "different data (dataset version, split, protocol) are refused unless "
         "--allow-mixed. With --output, also writes comparison.csv, comparison.md and "
-        "comparison.png (metric with CI bars per run).",
+        "charts (comparison.png: metric with CI bars per run; learning_curves.png; "
+        "metric_vs_time.png) and logs them as artifacts of a comparison run.",
         epilog="Example: recsys compare --experiment ml-100k --metric test_ndcg_at_10",
     )
     a = p.add_argument
@@ -425,12 +426,13 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     a("--metric", default="test_ndcg_at_10", help="metric (default test_ndcg_at_10)")
     a("--output", help="folder for comparison.csv, .md and .png")
     a("--allow-mixed", dest="allow_mixed", action="store_true", help="compare anyway")
+    a("--no-log", dest="no_log", action="store_true", help="do not log the report to MLflow")
     a("--tracking-uri", dest="tracking_uri", help="MLflow tracking URI")
     p.set_defaults(handler=_run_compare)
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    from recsys.comparison import compare, to_markdown, write_report
+    from recsys.comparison import compare, log_report, to_markdown, write_report
 
     table = compare(
         args.experiment,
@@ -442,8 +444,11 @@ def _run_compare(args: argparse.Namespace) -> int:
     )
     print(to_markdown(table, args.metric))
     if args.output:
-        write_report(table, args.metric, args.output)
-        print(f"wrote comparison.csv, comparison.md, comparison.png to {args.output}")
+        files = write_report(table, args.metric, args.output, args.tracking_uri)
+        print(f"wrote {', '.join(f.name for f in files)} to {args.output}")
+        if not args.no_log:
+            run_id = log_report(args.experiment, files, args.metric, args.tracking_uri)
+            print(f"logged them as artifacts of comparison run {run_id}")
     return 0
 
 

@@ -60,7 +60,8 @@ def load_runs(
     runs = [
         r
         for r in runs
-        if r.info.status == "FINISHED" and r.data.tags.get("kind") not in ("evaluation", "sweep")
+        if r.info.status == "FINISHED"
+        and r.data.tags.get("kind") not in ("evaluation", "sweep", "comparison")
     ]
     if run_ids:
         chosen = []
@@ -228,14 +229,22 @@ def to_markdown(table: pl.DataFrame, metric: str) -> str:
     return "\n".join(lines)
 
 
-def write_report(table: pl.DataFrame, metric: str, folder: str | Path) -> None:
-    """Write ``comparison.csv``, ``comparison.md`` and ``comparison.png`` into ``folder``."""
+def write_report(
+    table: pl.DataFrame, metric: str, folder: str | Path, tracking_uri: str | None = None
+) -> list[Path]:
+    """Write the comparison as CSV, Markdown and PNG charts into ``folder``.
+
+    Charts: ``comparison.png`` (the metric with CI bars per run), ``learning_curves.png``
+    (validation NDCG@10 per epoch, runs overlaid) and ``metric_vs_time.png``.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import mlflow
 
     from recsys.io import atomic_file
+    from recsys.tracking import tracking_uri as resolve_uri
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -243,6 +252,13 @@ def write_report(table: pl.DataFrame, metric: str, folder: str | Path) -> None:
         table.write_csv(tmp)
     with atomic_file(folder / "comparison.md") as tmp:
         tmp.write_text(to_markdown(table, metric) + "\n")
+
+    def save(fig: Any, name: str) -> None:
+        fig.tight_layout()
+        with atomic_file(folder / name) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+        plt.close(fig)
+
     values = table[metric].to_numpy()
     low = values - table["ci_low"].fill_null(np.nan).to_numpy()
     high = table["ci_high"].fill_null(np.nan).to_numpy() - values
@@ -250,7 +266,51 @@ def write_report(table: pl.DataFrame, metric: str, folder: str | Path) -> None:
     ax.bar(table["run"].to_list(), values, yerr=[low, high], capsize=4, color="tab:blue")
     ax.set_ylabel(f"{metric} (95% CI)")
     ax.set_title("runs compared")
-    fig.tight_layout()
-    with atomic_file(folder / "comparison.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save(fig, "comparison.png")
+
+    client = mlflow.MlflowClient(resolve_uri(tracking_uri))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for row in table.iter_rows(named=True):
+        history = client.get_metric_history(row["run_id"], "valid_ndcg_at_10")
+        points = sorted((m.step, m.value) for m in history if m.step > 0)
+        if points:
+            ax.plot(*zip(*points, strict=True), marker=".", label=f"{row['run']} {row['name']}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation NDCG@10")
+    ax.set_title("learning curves")
+    if ax.lines:
+        ax.legend(fontsize=7)
+    save(fig, "learning_curves.png")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    seconds = table["train_seconds"].fill_null(0.0).to_numpy()
+    ax.scatter(seconds, values)
+    for x, y, name in zip(seconds, values, table["run"].to_list(), strict=True):
+        ax.annotate(name, (x, y), fontsize=7)
+    ax.set_xlabel("training seconds")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} vs training time")
+    save(fig, "metric_vs_time.png")
+    return [
+        folder / n
+        for n in (
+            "comparison.csv",
+            "comparison.md",
+            "comparison.png",
+            "learning_curves.png",
+            "metric_vs_time.png",
+        )
+    ]
+
+
+def log_report(experiment: str, files: list[Path], metric: str, tracking_uri: str | None) -> str:
+    """Log the report files as artifacts of a new comparison run; return its id."""
+    import mlflow
+
+    from recsys.tracking import setup
+
+    setup(experiment, tracking_uri)
+    with mlflow.start_run(run_name=f"compare {metric}", tags={"kind": "comparison"}) as run:
+        for f in files:
+            mlflow.log_artifact(str(f), "comparison")
+    return run.info.run_id

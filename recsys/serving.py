@@ -40,9 +40,9 @@ class RecsysModel(mlflow.pyfunc.PythonModel):
 
         self.rec = Recommender.load(Path(context.artifacts[ARTIFACT_PATH]))
 
-    # No type hints here: MLflow reads predict's hints as an input schema and warns when
-    # they are not list[...]; requests are validated in _answer instead.
-    def predict(self, context, model_input, params=None):
+    # Only the request is annotated: MLflow derives the input schema from these hints and
+    # warns about Any.
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         """Answer a request table (see the module docstring) as a pandas DataFrame."""
         from mlflow.exceptions import MlflowException
 

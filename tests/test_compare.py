@@ -108,7 +108,11 @@ def test_seeds_do_not_differ_and_crippled_is_worse(experiment, tmp_path, capsys)
     )
     printed = capsys.readouterr().out
     assert table["run"][2] in printed and "(baseline)" in printed
-    assert (out / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for chart in ("comparison.png", "learning_curves.png", "metric_vs_time.png"):
+        assert (out / chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "comparison run" in printed
+    # The comparison run is not itself a run to compare.
+    assert recsys.compare("cmp", tracking_uri=experiment).height == 3
     assert (out / "comparison.csv").read_text().startswith("run,run_id")
 
 
