@@ -22,7 +22,16 @@ import polars as pl
 
 IDENTITY = ("dataset_name", "dataset_version", "split")  # params that must agree
 PROTOCOL_TAG = "eval_protocol"
-SKIP_PARAMS = {"output", "run_name", "experiment", "tracking_uri", "progress", "resume"}
+SKIP_PARAMS = {
+    "output",
+    "run_name",
+    "experiment",
+    "tracking_uri",
+    "progress",
+    "resume",
+    "parent_run_id",
+    "sweep_key",
+}
 
 
 @dataclass
@@ -272,7 +281,13 @@ def write_report(
     fig, ax = plt.subplots(figsize=(7, 4))
     for row in table.iter_rows(named=True):
         history = client.get_metric_history(row["run_id"], "valid_ndcg_at_10")
-        points = sorted((m.step, m.value) for m in history if m.step > 0)
+        # The best model's final validation is logged again at the last step: keep each
+        # step's first value, the epoch's own.
+        first: dict[int, float] = {}
+        for m in sorted(history, key=lambda m: (m.step, m.timestamp)):
+            if m.step > 0:
+                first.setdefault(m.step, m.value)
+        points = sorted(first.items())
         if points:
             ax.plot(*zip(*points, strict=True), marker=".", label=f"{row['run']} {row['name']}")
     ax.set_xlabel("epoch")
