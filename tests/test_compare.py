@@ -56,40 +56,9 @@ def experiment(tmp_path_factory):
             == 0
         )
     other = make_prepared(root / "other", successor_sequences(100, 20, seed=6), name="other")
-    assert (
-        main(
-            [
-                "train",
-                "--data",
-                str(other),
-                "--model",
-                "most-popular",
-                "--no-progress",
-                "--experiment",
-                "cmp-mixed",
-                "--tracking-uri",
-                uri,
-            ]
-        )
-        == 0
-    )
-    assert (
-        main(
-            [
-                "train",
-                "--data",
-                str(data),
-                "--model",
-                "most-popular",
-                "--no-progress",
-                "--experiment",
-                "cmp-mixed",
-                "--tracking-uri",
-                uri,
-            ]
-        )
-        == 0
-    )
+    for d in (other, data):  # most-popular on two datasets: a mixed experiment
+        args = ["train", "--data", str(d), "--model", "most-popular", "--no-progress"]
+        assert main([*args, "--experiment", "cmp-mixed", "--tracking-uri", uri]) == 0
     return uri
 
 
