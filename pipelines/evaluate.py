@@ -7,16 +7,14 @@ Run it as ``recsys evaluate --model MODEL --data DIR``.
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from recsys.bundle import load_bundle, resolve_model
 from recsys.config import to_dict
 from recsys.data.dataset import SequenceData
 from recsys.evaluation.evaluate import EvalConfig, evaluate
-from recsys.tracking import log_params, protocol_label, setup
+from recsys.tracking import log_eval_result, log_params, protocol_label, setup
 
 
 @dataclass
@@ -66,10 +64,6 @@ def run(cfg: EvaluateJobConfig) -> dict[str, Any]:
         with mlflow.start_run(run_name=f"evaluate {bundle.meta['kind']}") as active:
             log_params({**to_dict(cfg), **info})
             mlflow.set_tags({"kind": "evaluation", "evaluated_model": cfg.model})
-            mlflow.log_metrics(res.flat())
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / f"per_user_{res.metric_name('metrics')}.parquet"
-                res.per_user.write_parquet(path)
-                mlflow.log_artifact(str(path), "per_user")
+            log_eval_result(res)
         out["run_id"] = active.info.run_id
     return out

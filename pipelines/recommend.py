@@ -71,18 +71,17 @@ def _users(bundle: Bundle, spec: str) -> tuple[np.ndarray, np.ndarray]:
     vocab = bundle.user_vocab
     if spec == "all":
         return vocab["user_idx"].to_numpy().astype(np.int64), vocab["user_id"].to_numpy()
-    ids = pl.DataFrame({"user_id": read_user_ids(spec)}, schema={"user_id": pl.String})
-    dup = ids.filter(ids["user_id"].is_duplicated())["user_id"].unique().to_list()
+    ids = pl.Series("user_id", read_user_ids(spec), dtype=pl.String)
+    dup = ids.filter(ids.is_duplicated()).unique().to_list()
     if dup:
         raise ValueError(f"users file {spec!r} lists user(s) twice, e.g. {dup[:5]}")
-    mapped = ids.join(vocab, on="user_id", how="left", maintain_order="left")
-    missing = mapped.filter(pl.col("user_idx").is_null())["user_id"].to_list()
+    idx, missing = bundle.user_indices(ids.to_list())
     if missing:
         raise ValueError(
             f"users file {spec!r} has {len(missing)} user ID(s) the model does not know, "
             f"e.g. {missing[:5]}"
         )
-    return mapped["user_idx"].to_numpy().astype(np.int64), mapped["user_id"].to_numpy()
+    return idx, ids.to_numpy()
 
 
 def run(cfg: RecommendConfig) -> dict[str, Any]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,11 +23,12 @@ import torch
 from recsys.bundle import ARTIFACT_PATH, save_bundle
 from recsys.config import to_dict
 from recsys.data.dataset import SequenceData
-from recsys.evaluation.evaluate import EvalConfig, EvalResult, evaluate
+from recsys.evaluation.evaluate import EvalConfig, Scorer, evaluate
 from recsys.models.sasrec import SASRecConfig
 from recsys.models.scorers import MostPopular, SASRecScorer
 from recsys.tracking import (
     git_commit,
+    log_eval_result,
     log_learning_curve,
     log_params,
     project_run_id,
@@ -102,13 +102,56 @@ class TrainJobConfig:
         return TrainConfig(**{n: getattr(self, n) for n in names})
 
 
-def _log_result(res: EvalResult, out_dir: Path, step: int) -> None:
-    import mlflow
+@dataclass
+class Fitted:
+    """A trained model, ready to evaluate and to save as a bundle."""
 
-    mlflow.log_metrics(res.flat(), step=step)
-    path = out_dir / f"per_user_{res.metric_name('metrics')}.parquet"
-    res.per_user.write_parquet(path)
-    mlflow.log_artifact(str(path), "per_user")
+    scorer: Scorer
+    weights: dict[str, torch.Tensor]  # what save_bundle stores
+    meta: dict[str, Any]  # train (and model) config for bundle.json
+    summary: dict[str, float]  # best epoch, timings
+    history: list[dict[str, float]]  # per-epoch records (empty for most-popular)
+
+
+def make_trainer(
+    cfg: TrainJobConfig,
+    data: SequenceData,
+    eval_cfg: EvalConfig,
+    checkpoint_dir: Path | None = None,
+) -> Trainer | None:
+    """The SASRec trainer for ``cfg`` (None for most-popular, which has nothing to train)."""
+    if cfg.model != "sasrec":
+        return None
+    return Trainer(
+        cfg.model_config(data.num_items),
+        cfg.train_config(),
+        data,
+        eval_cfg,
+        checkpoint_dir=checkpoint_dir,
+        progress=cfg.progress,
+    )
+
+
+def fit(cfg: TrainJobConfig, data: SequenceData, trainer: Trainer | None) -> Fitted:
+    """Train with ``trainer`` (from :func:`make_trainer`), or count popularity without one."""
+    t0 = time.perf_counter()
+    meta: dict[str, Any] = {"train_config": to_dict(cfg)}
+    if trainer is None:
+        counts = data.item_counts()
+        summary = {"train_seconds": time.perf_counter() - t0}
+        weights = {"counts": torch.from_numpy(counts)}
+        return Fitted(MostPopular(counts), weights, meta, summary, [])
+    result = trainer.fit()
+    meta["model_config"] = dataclasses.asdict(result.model.cfg)
+    summary = {
+        "best_epoch": result.best_epoch,
+        "seconds_to_best": result.seconds_to_best,
+        "train_seconds": result.seconds,
+        "epochs_run": result.epochs_run,
+    }
+    return Fitted(
+        SASRecScorer(result.model), result.model.state_dict(), meta, summary, result.history
+    )
 
 
 def _log_model(bundle: Path, name: str) -> str:
@@ -145,19 +188,10 @@ def run(cfg: TrainJobConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     eval_cfg = EvalConfig(ks=tuple(cfg.eval_ks), exclude_seen=not cfg.include_seen_in_eval)
 
-    trainer = None
+    trainer = make_trainer(cfg, data, eval_cfg, out / "checkpoints")
     run_id = None
-    if cfg.model == "sasrec":
-        trainer = Trainer(
-            cfg.model_config(data.num_items),
-            cfg.train_config(),
-            data,
-            eval_cfg,
-            checkpoint_dir=out / "checkpoints",
-            progress=cfg.progress,
-        )
-        if cfg.resume and trainer.resume():
-            run_id = trainer.extra.get("run_id")
+    if trainer is not None and cfg.resume and trainer.resume():
+        run_id = trainer.extra.get("run_id")
     run_name = cfg.run_name or (f"{cfg.model}-{cfg.loss}-L{cfg.max_len}" if trainer else cfg.model)
     run_id = run_id or project_run_id()
     tags = {}
@@ -178,8 +212,6 @@ def run(cfg: TrainJobConfig) -> dict[str, Any]:
             }
         )
         mlflow.log_dict(to_dict(cfg), "config.json")
-        t0 = time.perf_counter()
-        meta: dict[str, Any] = {"train_config": to_dict(cfg)}
         if trainer is not None:
             trainer.extra["run_id"] = active.info.run_id
 
@@ -189,44 +221,29 @@ def run(cfg: TrainJobConfig) -> dict[str, Any]:
                 )
 
             trainer.on_epoch = on_epoch
-            result = trainer.fit()
-            scorer = SASRecScorer(result.model)
-            weights = result.model.state_dict()
-            meta["model_config"] = dataclasses.asdict(result.model.cfg)
-            summary = {
-                "best_epoch": result.best_epoch,
-                "seconds_to_best": result.seconds_to_best,
-                "train_seconds": result.seconds,
-                "epochs_run": result.epochs_run,
-            }
-        else:
-            counts = data.item_counts()
-            scorer = MostPopular(counts)
-            weights = {"counts": torch.from_numpy(counts)}
-            summary = {"train_seconds": time.perf_counter() - t0}
+        fitted = fit(cfg, data, trainer)
+        scorer, weights, meta, summary = fitted.scorer, fitted.weights, fitted.meta, fitted.summary
         mlflow.log_metrics({k: float(v) for k, v in summary.items()})
 
         # Final metrics go at the last epoch's step, so that MLflow's summary value of
         # valid_ndcg_at_10 is the best model's (equal to the best epoch's) not the last's.
         last_step = int(summary.get("epochs_run", 0))
         metrics: dict[str, float] = {}
-        with tempfile.TemporaryDirectory() as tmp:
-            for stage in ("valid", "test"):
-                res = evaluate(scorer, data, stage, eval_cfg, progress=cfg.progress)
-                _log_result(res, Path(tmp), last_step)
+        protocols = [eval_cfg]
+        if cfg.sampled_eval:
+            protocols.append(dataclasses.replace(eval_cfg, protocol="sampled"))
+        for stage in ("valid", "test"):
+            for pcfg in protocols:
+                res = evaluate(scorer, data, stage, pcfg, progress=cfg.progress)
+                log_eval_result(res, step=last_step)
                 metrics.update(res.flat())
-                if cfg.sampled_eval:
-                    sampled = dataclasses.replace(eval_cfg, protocol="sampled")
-                    res = evaluate(scorer, data, stage, sampled)
-                    _log_result(res, Path(tmp), last_step)
-                    metrics.update(res.flat())
         bundle = save_bundle(out / "bundle", cfg.model, weights, data, meta)
         log_params(json.loads((bundle / "index.json").read_text()))
         mlflow.log_artifacts(str(bundle), ARTIFACT_PATH)
         registered = _log_model(bundle, cfg.register_name or f"recsys-{experiment}")
         if trainer is not None:
             mlflow.log_artifact(str(out / "checkpoints" / BEST), "checkpoints")
-            log_learning_curve(trainer.history)
+            log_learning_curve(fitted.history)
             # The run finished: a later --resume into this folder must not reopen it.
             (out / "checkpoints" / LAST).unlink(missing_ok=True)
     log.info(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from recsys.data.dataset import SequenceData
+from recsys.data.dataset import SequenceData, list_column_to_ragged
 from recsys.data.prepare import SEQUENCES_PART
 from recsys.evaluation.evaluate import Scorer
 from recsys.io import atomic_dir
@@ -54,6 +55,16 @@ class Bundle:
     def num_items(self) -> int:
         return self.item_vocab.height
 
+    def user_indices(self, user_ids: Sequence[Any]) -> tuple[np.ndarray, list[str]]:
+        """``user_idx`` of each raw user ID (in order; 0 where unknown), and the unknown IDs."""
+        return _lookup(self.user_vocab, "user_id", "user_idx", user_ids)
+
+    def item_indices(self, item_ids: Iterable[Any]) -> tuple[np.ndarray, list[str]]:
+        """``item_idx`` of each raw item ID (in order; 0 where unknown), and the unknown IDs."""
+        return _lookup(
+            self.item_vocab.select("item_idx", "item_id"), "item_id", "item_idx", item_ids
+        )
+
     def histories(self) -> tuple[np.ndarray, np.ndarray]:
         """Every known user's whole history as ``(flat item_idx, offsets)``, by user_idx.
 
@@ -61,12 +72,17 @@ class Bundle:
         """
         if self._histories is None:
             df = pl.read_parquet(self.path / "histories.parquet")
-            lengths = df["item_idx"].list.len().to_numpy().astype(np.int64)
-            offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-            np.cumsum(lengths, out=offsets[1:])
-            flat = df["item_idx"].explode().to_numpy().astype(np.int64)
-            self._histories = (flat, offsets)
+            self._histories = list_column_to_ragged(df["item_idx"])
         return self._histories
+
+
+def _lookup(
+    vocab: pl.DataFrame, id_col: str, idx_col: str, ids: Iterable[Any]
+) -> tuple[np.ndarray, list[str]]:
+    raw = pl.DataFrame({id_col: [str(i) for i in ids]}, schema={id_col: pl.String})
+    mapped = raw.join(vocab.select(id_col, idx_col), on=id_col, how="left", maintain_order="left")
+    unknown = mapped.filter(pl.col(idx_col).is_null())[id_col].to_list()
+    return mapped[idx_col].fill_null(0).to_numpy().astype(np.int64), unknown
 
 
 def save_bundle(

@@ -13,7 +13,6 @@ alone gets exactly the list it gets in a batch.
 
 from __future__ import annotations
 
-import dataclasses
 import tempfile
 import warnings
 from collections.abc import Iterable, Sequence
@@ -26,7 +25,7 @@ import torch
 
 from recsys.bundle import Bundle, load_bundle, resolve_model, save_bundle
 from recsys.data.dataset import SequenceData, gather_ragged
-from recsys.scoring import RESULT_SCHEMA, results_frame, score_chunk
+from recsys.scoring import RESULT_SCHEMA, results_frame, score_chunk, user_vectors
 
 
 class NotFittedError(ValueError, AttributeError):
@@ -54,34 +53,19 @@ class Recommender:
         The bundle is written to ``output`` (default: a temporary folder kept as long as
         this object). Returns ``self``.
         """
-        from pipelines.train import TrainJobConfig
+        from pipelines.train import TrainJobConfig, fit, make_trainer
         from recsys.config import from_dict
         from recsys.evaluation.evaluate import EvalConfig
-        from recsys.training.trainer import Trainer
 
         cfg = from_dict(TrainJobConfig, {"data": str(data), **self.params}, source="Recommender")
         ds = SequenceData.load(data)
         if output is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="recsys-bundle-")
             output = Path(self._tmp.name) / "bundle"
-        meta: dict[str, Any] = {"train_config": dataclasses.asdict(cfg)}
-        if cfg.model == "sasrec":
-            eval_cfg = EvalConfig(exclude_seen=not cfg.include_seen_in_eval)
-            trainer = Trainer(
-                cfg.model_config(ds.num_items),
-                cfg.train_config(),
-                ds,
-                eval_cfg,
-                progress=cfg.progress,
-            )
-            result = trainer.fit()
-            weights = result.model.state_dict()
-            meta["model_config"] = dataclasses.asdict(result.model.cfg)
-            self.history_ = result.history
-        else:
-            weights = {"counts": torch.from_numpy(ds.item_counts())}
-            self.history_ = []
-        self.bundle_ = load_bundle(save_bundle(output, cfg.model, weights, ds, meta))
+        eval_cfg = EvalConfig(exclude_seen=not cfg.include_seen_in_eval)
+        fitted = fit(cfg, ds, make_trainer(cfg, ds, eval_cfg))
+        self.history_ = fitted.history
+        self.bundle_ = load_bundle(save_bundle(output, cfg.model, fitted.weights, ds, fitted.meta))
         return self
 
     @classmethod
@@ -103,24 +87,18 @@ class Recommender:
     # -- ID mapping --------------------------------------------------------------------
 
     def _user_idx(self, user_ids: Sequence[Any]) -> np.ndarray:
-        ids = pl.DataFrame({"user_id": [str(u) for u in user_ids]}, schema={"user_id": pl.String})
-        mapped = ids.join(self.bundle.user_vocab, on="user_id", how="left", maintain_order="left")
-        missing = mapped.filter(pl.col("user_idx").is_null())["user_id"]
-        if len(missing):
+        idx, missing = self.bundle.user_indices(user_ids)
+        if missing:
             raise ValueError(
-                f"{len(missing)} unknown user ID(s), e.g. {missing.head(5).to_list()}; "
+                f"{len(missing)} unknown user ID(s), e.g. {missing[:5]}; "
                 "use recommend_for_history for users not seen in training"
             )
-        return mapped["user_idx"].to_numpy().astype(np.int64)
+        return idx
 
     def _item_idx(self, item_ids: Iterable[Any]) -> tuple[np.ndarray, list[str]]:
         """Indices of the known IDs (in order) and the unknown IDs."""
-        ids = pl.DataFrame({"item_id": [str(i) for i in item_ids]}, schema={"item_id": pl.String})
-        vocab = self.bundle.item_vocab.select("item_idx", "item_id")
-        mapped = ids.join(vocab, on="item_id", how="left", maintain_order="left")
-        unknown = mapped.filter(pl.col("item_idx").is_null())["item_id"].to_list()
-        known = mapped["item_idx"].drop_nulls().to_numpy().astype(np.int64)
-        return known, unknown
+        idx, unknown = self.bundle.item_indices(item_ids)
+        return idx[idx > 0], unknown
 
     def _check_k(self, k: int) -> None:
         n = self.bundle.num_items
@@ -207,13 +185,11 @@ class Recommender:
         if missing:
             raise ValueError(f"unknown item ID(s) to score, e.g. {missing[:5]}")
         flat, offsets = self.bundle.histories()
-        h, h_off = gather_ragged(flat, offsets[u - 1 : u], offsets[u : u + 1])
-        from recsys.data.dataset import pad_left
-
-        inputs = torch.from_numpy(pad_left(h, h_off[:-1], h_off[1:], self.bundle.scorer.max_len))
-        with torch.no_grad():
-            vec = self.bundle.scorer.user_vectors(inputs)[0]
-            scores = (self.bundle.scorer.item_vectors()[torch.from_numpy(known)] @ vec).numpy()
+        vec = user_vectors(
+            self.bundle, *gather_ragged(flat, offsets[u - 1 : u], offsets[u : u + 1])
+        )
+        items = self.bundle.scorer.item_vectors()[torch.from_numpy(known)]
+        scores = (items @ vec[0]).numpy()
         out = pl.DataFrame(
             {"item_id": [str(i) for i in item_ids], "score": scores},
             schema={"item_id": pl.String, "score": pl.Float32},

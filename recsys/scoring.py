@@ -17,6 +17,13 @@ from recsys.data.dataset import pad_left, ragged_to_padded
 RESULT_SCHEMA = {"user_id": pl.String, "rank": pl.Int32, "item_id": pl.String, "score": pl.Float32}
 
 
+def user_vectors(bundle: Bundle, flat: np.ndarray, offsets: np.ndarray) -> torch.Tensor:
+    """(B, d) user vectors of B histories ``flat[offsets[b]:offsets[b + 1]]``."""
+    inputs = pad_left(flat, offsets[:-1], offsets[1:], bundle.scorer.max_len)
+    with torch.no_grad():
+        return bundle.scorer.user_vectors(torch.from_numpy(inputs))
+
+
 def score_chunk(
     bundle: Bundle,
     flat: np.ndarray,
@@ -41,10 +48,7 @@ def score_chunk(
     exclude : ndarray (B, H), optional
         More item indices per row never to return (0 = none).
     """
-    starts, stops = offsets[:-1], offsets[1:]
-    inputs = torch.from_numpy(pad_left(flat, starts, stops, bundle.scorer.max_len))
-    with torch.no_grad():
-        users = bundle.scorer.user_vectors(inputs).numpy()  # (B, d)
+    users = user_vectors(bundle, flat, offsets).numpy()  # (B, d)
     parts = [ragged_to_padded(flat, offsets)] if exclude_seen else []
     if exclude is not None:
         parts.append(exclude)

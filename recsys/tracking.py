@@ -102,6 +102,19 @@ def log_params(params: Mapping[str, Any]) -> None:
         mlflow.log_params(dict(items[lo : lo + 100]))
 
 
+def log_eval_result(result: Any, step: int = 0) -> None:
+    """Log an :class:`~recsys.evaluation.evaluate.EvalResult`: its metrics (with CIs) at
+    ``step`` and its per-user values as ``per_user/per_user_<stage>[_sampled]_metrics.parquet``.
+    """
+    import mlflow
+
+    mlflow.log_metrics(result.flat(), step=step)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"per_user_{result.metric_name('metrics')}.parquet"
+        result.per_user.write_parquet(path)
+        mlflow.log_artifact(str(path), "per_user")
+
+
 def log_learning_curve(history: list[dict[str, float]], name: str = "learning_curve.png") -> None:
     """Plot training loss and validation NDCG@10 per epoch and log it as a PNG artifact."""
     import matplotlib

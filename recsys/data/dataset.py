@@ -49,6 +49,19 @@ def gather_ragged(
     return values[idx], offsets
 
 
+def list_column_to_ragged(column: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """A list column as ``(flat int64 values, offsets)``.
+
+    Examples
+    --------
+    ``[[6, 7], [8]]`` → ``([6, 7, 8], [0, 2, 3])``.
+    """
+    lengths = column.list.len().to_numpy().astype(np.int64)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return column.explode().to_numpy().astype(np.int64), offsets
+
+
 def ragged_to_padded(flat: np.ndarray, offsets: np.ndarray, fill: int = 0) -> np.ndarray:
     """Right-padded matrix (rows, max length) of a ragged array.
 
@@ -127,13 +140,11 @@ class SequenceData:
         users = df["user_idx"].to_numpy()
         # prepare writes users sorted 1..U; everything below indexes by user_idx - 1.
         assert np.array_equal(users, np.arange(1, len(users) + 1)), "user_idx not 1..U"
-        lengths = df["item_idx"].list.len().to_numpy().astype(np.int64)
-        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
+        items, offsets = list_column_to_ragged(df["item_idx"])
         return cls(
             path=path,
             manifest=manifest,
-            items=df["item_idx"].explode().to_numpy().astype(np.int64),
+            items=items,
             offsets=offsets,
             n_train=df["n_train"].to_numpy().astype(np.int64),
             n_valid=df["n_valid"].to_numpy().astype(np.int64),
