@@ -1,0 +1,71 @@
+"""The ``recsys`` command line: one subcommand per job, each with ``--help``.
+
+Subcommands live by kind: :mod:`recsys.cli.data` (generate, prepare),
+:mod:`recsys.cli.model` (train, evaluate, recommend) and :mod:`recsys.cli.experiments`
+(compare, sweep).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from recsys.cli import data, experiments, model
+
+log = logging.getLogger("recsys")
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    data.add_generate,
+    data.add_prepare,
+    model.add_train,
+    model.add_evaluate,
+    model.add_recommend,
+    experiments.add_compare,
+    experiments.add_sweep,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the ``recsys`` argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="recsys",
+        description="recsys: attention-based sequential recommendation, from raw logs to "
+        "served recommendations. Run 'recsys COMMAND --help' for each command.",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="logging level (default INFO)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``recsys`` console script.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        Arguments (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        Exit status: 0 on success, 2 on bad input.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
+    try:
+        return args.handler(args)
+    except ValueError as e:
+        print(f"recsys {args.command}: error: {e}", file=sys.stderr)
+        return 2
