@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -78,6 +79,19 @@ def test_k_core_converges_through_cascade(as_int):
         expected = [(int(u[1:]), ord(i) - 96) for u, i in expected]
     lf = events(*[(u, i, t) for t, (u, i) in enumerate(rows)])
     assert pairs(dp.k_core(lf, 2)) == expected
+
+
+def test_k_core_bincount_path_equals_generic_path_on_random_events():
+    rng = np.random.default_rng(0)
+    users = rng.zipf(1.5, 5000) % 300
+    items = rng.zipf(1.3, 5000) % 400
+    ints = pl.LazyFrame({"user_id": users, "item_id": items, "timestamp": np.arange(5000)})
+    text = ints.with_columns(pl.col("user_id", "item_id").cast(pl.String))
+    for k in (2, 3, 5, 8):
+        dense = pairs(dp.k_core(ints, k))
+        generic = [(int(u), int(i)) for u, i in pairs(dp.k_core(text, k))]
+        assert dense == generic
+        assert 0 < len(dense) < 5000
 
 
 def test_k_core_can_empty_everything_and_is_noop_below_2():

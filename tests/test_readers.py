@@ -137,3 +137,25 @@ def test_movies_dat_and_csv(write):
 def test_items_unknown_layout(write):
     with pytest.raises(ValueError, match=r"z\.txt.*no item metadata layout"):
         read_items(write("z.txt", "hello\n"))
+
+
+@pytest.mark.parametrize("statistics", [True, False])
+def test_parquet_null_id_names_row_with_or_without_statistics(tmp_path, statistics):
+    # With statistics the clean-file shortcut sees the null count and falls back to the
+    # scan that names the row; without them it must scan anyway.
+    p = tmp_path / "log.parquet"
+    df = pl.DataFrame({"u": [1, 2, 3], "i": [7, None, 9], "t": [1, 2, 3]})
+    df.write_parquet(p, statistics=statistics)
+    cols = Columns(user="u", item="i", time="t")
+    with pytest.raises(ValueError, match=r"log\.parquet', line 2, column 'item_id'.*None"):
+        read_interactions(p, "parquet", cols)
+    clean = tmp_path / "clean.parquet"
+    df.with_columns(pl.col("i").fill_null(8)).write_parquet(clean, statistics=statistics)
+    assert read_interactions(clean, "parquet", cols).collect()["item_id"].to_list() == [7, 8, 9]
+
+
+def test_parquet_float_id_is_checked_by_scan(tmp_path):
+    p = tmp_path / "log.parquet"
+    pl.DataFrame({"user_id": [1, 2], "item_id": [7.0, 7.5], "timestamp": [1, 2]}).write_parquet(p)
+    with pytest.raises(ValueError, match=r"line 2, column 'item_id': cannot parse '7.5'"):
+        read_interactions(p, "parquet")

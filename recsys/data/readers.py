@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
+import pyarrow.parquet as pq
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +40,15 @@ class Columns:
 
 @dataclass(frozen=True)
 class Source:
-    """A raw file as read: its path, and how many lines precede the first data row."""
+    """A raw file as read: its path, and how many lines precede the first data row.
+
+    ``parquet_columns`` maps canonical names to the Parquet columns they were read from,
+    so validation can trust the file's null counts instead of scanning it.
+    """
 
     path: Path
     header_lines: int
+    parquet_columns: tuple[tuple[str, str], ...] = ()
 
     def line_of(self, row_nr: int) -> int:
         """1-based line number in the file of 0-based data row ``row_nr``."""
@@ -179,6 +185,8 @@ def read_table(
     if columns.rating is not None and columns.rating in available:
         wanted[columns.rating] = "rating"
     lf = lf.select("row_nr", *wanted).rename(wanted)
+    if fmt == "parquet":
+        source = Source(p, 0, tuple((canon, src) for src, canon in wanted.items()))
     return lf, source
 
 
@@ -278,7 +286,11 @@ def validate(raw: pl.LazyFrame, source: Source) -> pl.DataFrame:
         If the input has no rows, or an ID/timestamp/rating is missing or unparsable; the
         message names the file, column, line and raw value.
     """
-    cols = [c for c in ("user_id", "item_id", "timestamp", "rating") if c in raw.collect_schema()]
+    schema = raw.collect_schema()
+    cols = [c for c in ("user_id", "item_id", "timestamp", "rating") if c in schema]
+    n_rows = _rows_if_parquet_clean(source, schema)
+    if n_rows:
+        return pl.DataFrame({"n_rows": [n_rows]})
     casted = canonical(raw).rename({c: f"_{c}" for c in cols})
     joined = pl.concat([raw.select(cols), casted], how="horizontal")
     bad = [
@@ -301,6 +313,27 @@ def validate(raw: pl.LazyFrame, source: Source) -> pl.DataFrame:
                 f"cannot parse {value!r}; expected {expected}"
             )
     return summary
+
+
+def _rows_if_parquet_clean(source: Source, schema: pl.Schema) -> int | None:
+    # Integer IDs and times (and numeric ratings) cast to the canonical types without
+    # failing, so only a null in the file can make a bad row. When the Parquet statistics
+    # count no nulls, that proves the file clean without reading it (0.1-0.3 s on 10M rows).
+    if not source.parquet_columns:
+        return None
+    for canon, _ in source.parquet_columns:
+        dtype = schema[canon]
+        if not (dtype.is_integer() or (canon == "rating" and dtype.is_float())):
+            return None
+    meta = pq.read_metadata(source.path)
+    names = [meta.schema.column(j).path for j in range(meta.num_columns)]
+    for _, src in source.parquet_columns:
+        j = names.index(src)
+        for g in range(meta.num_row_groups):
+            stats = meta.row_group(g).column(j).statistics
+            if stats is None or not stats.has_null_count or stats.null_count > 0:
+                return None
+    return meta.num_rows
 
 
 def read_interactions(
