@@ -52,14 +52,20 @@ def bench_training(users: int, items: int, steps: int) -> None:
         f"median {int(np.median(lengths))} (cut at max_len + 1), batch 128, "
         f"{torch.get_num_threads()} threads"
     )
-    print(f"{'loss':16s} {'max_len':>7s} {'seq/s':>8s} {'targets/s':>10s} {'random batches':>15s}")
+    print(
+        f"{'loss':16s} {'max_len':>7s} {'seq/s':>8s} {'targets/s':>10s} {'random batches':>15s} "
+        f"{'+ repeat term':>15s}"
+    )
     view = _Subset(data, data.train_ranges()[0][: 128 * steps])
+    # (bucketed batches, repeat term): the trainer's batching against random batches, and
+    # the paper's model against the repeat term (recsys train's default), each beside it.
+    variants = {"bucketed": (True, False), "random": (False, False), "repeat": (True, True)}
     for max_len in (50, 200):
         for loss in LOSSES:
             rates = {}
-            for bucketed in (True, False):
+            for name, (bucketed, repeat) in variants.items():
                 cfg = TrainConfig(loss=loss, epochs=1, batch_size=128, seed=0)
-                mcfg = SASRecConfig(data.num_items, max_len=max_len)
+                mcfg = SASRecConfig(data.num_items, max_len=max_len, repeat_bias=repeat)
                 t = Trainer(mcfg, cfg, data, progress=False)
                 t.data = view
                 if not bucketed:
@@ -67,11 +73,13 @@ def bench_training(users: int, items: int, steps: int) -> None:
                 t._epoch()  # warm-up
                 begin = time.perf_counter()
                 _, seqs = t._epoch()
-                rates[bucketed] = seqs / (time.perf_counter() - begin)
-            tps = rates[True] * float(np.minimum(view.n_train_sel - 1, max_len).mean())
+                rates[name] = seqs / (time.perf_counter() - begin)
+            base = rates["bucketed"]
+            tps = base * float(np.minimum(view.n_train_sel - 1, max_len).mean())
             print(
-                f"{loss:16s} {max_len:7d} {rates[True]:8.0f} {tps:10.0f} "
-                f"{rates[False]:8.0f} ({rates[True] / rates[False]:.2f}x)"
+                f"{loss:16s} {max_len:7d} {base:8.0f} {tps:10.0f} "
+                f"{rates['random']:8.0f} ({base / rates['random']:.2f}x) "
+                f"{rates['repeat']:8.0f} ({rates['repeat'] / base:.2f}x)"
             )
 
 

@@ -60,6 +60,7 @@ class TrainJobConfig:
     pre_ln: bool = True
     scale_embeddings: bool = True
     tie_embeddings: bool = True
+    repeat_bias: bool = True  # the model config keeps False (the paper's model, old bundles)
     epochs: int = 200
     batch_size: int = 128
     lr: float = 2e-3
@@ -262,4 +263,5 @@ def run(cfg: TrainJobConfig) -> dict[str, Any]:
         "bundle": str(bundle),
         **summary,
         **metrics,
+        "history": fitted.history,
     }

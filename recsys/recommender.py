@@ -21,11 +21,10 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import torch
 
 from recsys.bundle import Bundle, load_bundle, resolve_model, save_bundle
 from recsys.data.dataset import SequenceData, gather_ragged
-from recsys.scoring import RESULT_SCHEMA, results_frame, score_chunk, user_vectors
+from recsys.scoring import RESULT_SCHEMA, results_frame, score_chunk, score_items
 
 
 class NotFittedError(ValueError, AttributeError):
@@ -185,11 +184,8 @@ class Recommender:
         if missing:
             raise ValueError(f"unknown item ID(s) to score, e.g. {missing[:5]}")
         flat, offsets = self.bundle.histories()
-        vec = user_vectors(
-            self.bundle, *gather_ragged(flat, offsets[u - 1 : u], offsets[u : u + 1])
-        )
-        items = self.bundle.scorer.item_vectors()[torch.from_numpy(known)]
-        scores = (items @ vec[0]).numpy()
+        h, h_off = gather_ragged(flat, offsets[u - 1 : u], offsets[u : u + 1])
+        scores = score_items(self.bundle, h, h_off, known[None, :])[0]
         out = pl.DataFrame(
             {"item_id": [str(i) for i in item_ids], "score": scores},
             schema={"item_id": pl.String, "score": pl.Float32},

@@ -42,6 +42,33 @@ def test_ranks_and_top_k_match_brute_force_with_ties(monkeypatch, block):
         assert top_s[b].tolist() == [scores[b, i] for i in expected[b][:8]]
 
 
+@pytest.mark.parametrize("block", [1 << 22, 7])
+def test_offsets_move_listed_items_exactly(monkeypatch, block):
+    # A model's repeat term: offsets (integer-valued, so ties stay exact) added to listed
+    # items, summed where an item is listed twice, before exclusion.
+    monkeypatch.setattr(ranking, "BLOCK_ELEMENTS", block)
+    gen = torch.Generator().manual_seed(2)
+    users = torch.randint(0, 3, (5, 2), generator=gen).float()
+    items = torch.randint(0, 3, (17, 2), generator=gen).float()
+    targets = torch.randint(1, 17, (5, 2), generator=gen)
+    listed = torch.randint(0, 17, (5, 6), generator=gen)
+    values = torch.randint(-3, 4, (5, 6), generator=gen).float() * (listed > 0)
+    exclude = torch.tensor([[3, 0]] * 5)
+    ranks, top, top_s = ranking.rank_and_top_k(
+        users, items, targets, 8, drop_targets(exclude, targets), (listed, values)
+    )
+    scores = (users @ items.T).numpy()
+    for b in range(5):
+        for j, v in zip(listed[b].tolist(), values[b].tolist(), strict=True):
+            scores[b, j] += v
+    excluded = [{3} - set(t.tolist()) for t in targets]
+    expected = brute_force(scores, excluded)
+    for b in range(5):
+        assert [int(r) for r in ranks[b]] == [expected[b].index(int(t)) for t in targets[b]]
+        assert top[b].tolist() == expected[b][:8]
+        assert top_s[b].tolist() == [scores[b, i] for i in expected[b][:8]]
+
+
 def test_rank_agrees_with_top_k_on_float_scores(monkeypatch):
     # Real-valued scores: a target's rank must be its position in the top-K list, however
     # differently the block matmul and the target dot product round.

@@ -96,6 +96,47 @@ def test_load_from_bundle_folder(fitted):
     assert again.recommend(["9"], k=4).equals(fitted.recommend(["9"], k=4))
 
 
+@pytest.fixture(scope="module")
+def fitted_repeat(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rep")
+    data = make_prepared(root / "d", successor_sequences(300, 40))
+    rec = Recommender(
+        epochs=25, max_len=16, d_model=32, progress=False, loss="ce", lr=1e-2, repeat_bias=True
+    )
+    return rec.fit(data, output=root / "bundle")
+
+
+def test_repeat_term_learns_that_nobody_repeats(fitted_repeat):
+    # Successor sequences (8-15 items of 40) never repeat an item: every distance bucket
+    # the data shows (0 to 14 positions back: buckets 0-4) must learn a penalty, and the
+    # buckets it never shows stay at 0.
+    weight = fitted_repeat.bundle.scorer.model.repeat.weight.detach()
+    assert (weight[:5] < -0.2).all() and (weight[5:] == 0).all(), weight
+
+
+def test_include_seen_merges_history_items_exactly(fitted_repeat):
+    from recsys.data.dataset import gather_ragged
+    from recsys.scoring import score_items
+
+    rec = fitted_repeat
+    flat, offsets = rec.bundle.histories()
+    vocab = rec.bundle.item_vocab["item_id"].to_list()
+    n = rec.bundle.num_items
+    users = [3, 50, 299]
+    h, h_off = gather_ragged(flat, offsets[np.array(users) - 1], offsets[np.array(users)])
+    every = np.tile(np.arange(1, n + 1), (len(users), 1))
+    scores = score_items(rec.bundle, h, h_off, every)  # (3, n): dot products + repeat term
+    got = rec.recommend([str(u) for u in users], k=10, exclude_seen=False)
+    for row, u in enumerate(users):
+        best = sorted(range(n), key=lambda j: (-scores[row, j], j))[:10]
+        mine = got.filter(pl.col("user_id") == str(u))
+        assert mine["item_id"].to_list() == [vocab[j] for j in best]
+        assert np.allclose(mine["score"].to_numpy(), scores[row, best], atol=1e-4)
+    # The merge is needed: some history items make these lists.
+    hist = {vocab[i - 1] for i in flat[offsets[2] : offsets[3]]}
+    assert set(got.filter(pl.col("user_id") == "3")["item_id"]) & hist
+
+
 def brute_force_top(users, items, k, exclude):
     s = users @ items[1:].T
     out = []

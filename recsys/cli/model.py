@@ -62,6 +62,14 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="score with separate output item embeddings (gSASRec's; use with gbce)",
     )
+    a(
+        "--repeat-bias",
+        dest="repeat_bias",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="learn a score offset for items already in the history, by how long ago they "
+        "were consumed (default on): learns from the data whether people repeat",
+    )
     a("--epochs", type=int, help="most epochs (default 200; early stopping ends sooner)")
     a("--batch-size", dest="batch_size", type=int, help="users per batch (default 128)")
     a("--lr", type=float, help="AdamW learning rate (default 2e-3)")

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from recsys.data.dataset import SequenceData, Stage, gather_ragged, ragged_to_padded
 from recsys.evaluation.metrics import bootstrap_ci, per_user_metrics
-from recsys.evaluation.ranking import drop_targets, rank_and_top_k
+from recsys.evaluation.ranking import Offsets, drop_targets, offsets_of, rank_and_top_k
 from recsys.training.batches import input_batch
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,10 @@ class Scorer(Protocol):
 
     def item_vectors(self) -> torch.Tensor:
         """(num_items + 1, d) item vectors; row 0 is padding."""
+        ...
+
+    def history_offsets(self, inputs: torch.Tensor) -> torch.Tensor | None:
+        """Score offsets (B, max_len) of the input items, or None (scores are dot products)."""
         ...
 
 
@@ -140,10 +144,16 @@ def _sample_unseen(
 
 
 def _sampled_ranks(
-    users: torch.Tensor, item_vecs: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor
+    users: torch.Tensor,
+    item_vecs: torch.Tensor,
+    targets: torch.Tensor,
+    negatives: torch.Tensor,
+    offsets: Offsets | None,
 ) -> torch.Tensor:
     t = (users[:, None, :] * item_vecs[targets]).sum(-1)  # (B, M)
     s = (users[:, None, :] * item_vecs[negatives]).sum(-1)  # (B, n)
+    if offsets is not None:
+        t, s = t + offsets_of(offsets, targets), s + offsets_of(offsets, negatives)
     ahead = (s[:, None, :] > t[:, :, None]) | (
         (s[:, None, :] == t[:, :, None]) & (negatives[:, None, :] < targets[:, :, None])
     )  # (B, M, n)
@@ -190,20 +200,25 @@ def evaluate(
     for lo in range(0, len(st.users), cfg.batch_users):
         sl = slice(lo, lo + cfg.batch_users)
         start, stop, tstop = st.hist_start[sl], st.hist_stop[sl], st.target_stop[sl]
-        users = scorer.user_vectors(input_batch(data.items, start, stop, scorer.max_len))
+        inputs = input_batch(data.items, start, stop, scorer.max_len)
+        users = scorer.user_vectors(inputs)
+        values = scorer.history_offsets(inputs)
+        offsets = None if values is None else (inputs, values)
         targets = torch.from_numpy(ragged_to_padded(*gather_ragged(data.items, stop, tstop)))
         if cfg.protocol == "full":
             exclude = None
             if cfg.exclude_seen:
                 hist = torch.from_numpy(ragged_to_padded(*gather_ragged(data.items, start, stop)))
                 exclude = drop_targets(hist, targets)
-            ranks, top, _ = rank_and_top_k(users, item_vecs, targets, max_k, exclude)
+            ranks, top, _ = rank_and_top_k(users, item_vecs, targets, max_k, exclude, offsets)
             for k in cfg.ks:
                 covered[k][top[:, :k].numpy().ravel()] = True
         else:
             seen = ragged_to_padded(*gather_ragged(data.items, start, tstop))
             negatives = _sample_unseen(rng, seen, data.num_items, cfg.num_sampled)
-            ranks = _sampled_ranks(users, item_vecs, targets, torch.from_numpy(negatives))
+            ranks = _sampled_ranks(
+                users, item_vecs, targets, torch.from_numpy(negatives), offsets
+            )
         ranks_parts.append(ranks.numpy())
         bar.update(len(start))
     bar.close()

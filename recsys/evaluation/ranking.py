@@ -33,6 +33,26 @@ def _mask_excluded(scores: torch.Tensor, exclude: torch.Tensor | None, lo: int, 
     scores[rows, exclude[rows, cols] - lo] = NEG_INF
 
 
+Offsets = tuple[torch.Tensor, torch.Tensor]  # items (B, H) and their score offsets (B, H)
+
+
+def offsets_of(offsets: Offsets, cands: torch.Tensor) -> torch.Tensor:
+    """Score offsets (B, M) of candidate items (B, M): the sum of their listed offsets."""
+    items, values = offsets
+    same = items[:, None, :] == cands[:, :, None]  # (B, M, H)
+    return (same * values[:, None, :]).sum(-1)
+
+
+def _add_offsets(scores: torch.Tensor, offsets: Offsets | None, lo: int, hi: int) -> None:
+    """Add offsets (see :data:`Offsets`) of items in [lo, hi) to block scores (B, hi - lo)."""
+    if offsets is None:
+        return
+    items, values = offsets
+    inside = (items >= lo) & (items < hi) & (values != 0)
+    rows, cols = inside.nonzero(as_tuple=True)
+    scores.index_put_((rows, items[rows, cols] - lo), values[rows, cols], accumulate=True)
+
+
 def drop_targets(exclude: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """``exclude`` (B, H) with each user's own targets (B, M) replaced by 0 (none)."""
     is_target = (exclude[:, :, None] == targets[:, None, :]).any(-1)  # (B, H)
@@ -73,9 +93,13 @@ def rank_and_top_k(
     targets: torch.Tensor | None,
     k: int,
     exclude: torch.Tensor | None = None,
+    offsets: Offsets | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """Target ranks (as :func:`target_ranks`) and top-k lists (as :func:`top_k`) in one
-    pass over the item blocks, so each score is computed once."""
+    pass over the item blocks, so each score is computed once.
+
+    ``offsets`` (items, values) are added to those items' dot-product scores (a model's
+    repeat term) before exclusion."""
     B = users.shape[0]
     num = item_vecs.shape[0]
     M = targets.shape[1] if targets is not None else 0
@@ -83,6 +107,8 @@ def rank_and_top_k(
     best_i = torch.zeros((B, 0), dtype=torch.long)
     if M:
         t_scores = (users[:, None, :] * item_vecs[targets]).sum(-1)  # (B, M)
+        if offsets is not None:
+            t_scores = t_scores + offsets_of(offsets, targets)
         # Counting is done in numpy: counting a boolean tensor is ~5x slower in torch.
         t = t_scores.numpy()[:, :, None]  # (B, M, 1)
         j = targets.numpy()[:, :, None]  # (B, M, 1)
@@ -92,6 +118,7 @@ def rank_and_top_k(
     for lo in range(0, num, step):
         hi = min(lo + step, num)
         scores = users @ item_vecs[lo:hi].T  # (B, n)
+        _add_offsets(scores, offsets, lo, hi)
         _mask_excluded(scores, exclude, lo, hi)
         if M:
             s = scores.numpy()[:, None, :]  # (B, 1, n)

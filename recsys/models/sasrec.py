@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recsys.models.repeat import RepeatBias
+
 
 @dataclass
 class SASRecConfig:
@@ -35,6 +37,10 @@ class SASRecConfig:
     # Score with the input item embeddings (the paper's), or with separate output ones
     # (gSASRec's choice, needed for its many-negatives gbce loss to train).
     tie_embeddings: bool = True
+    # A learned score offset for items already in the history, by how long ago they were
+    # last consumed (recsys.models.repeat): lets the model learn from the data whether
+    # people repeat, which a dot product cannot express.
+    repeat_bias: bool = False
 
     def __post_init__(self) -> None:
         if self.num_items < 1:
@@ -142,6 +148,7 @@ class SASRec(nn.Module):
             if cfg.tie_embeddings
             else nn.Embedding(cfg.num_items + 1, cfg.d_model, padding_idx=0)
         )
+        self.repeat = RepeatBias() if cfg.repeat_bias else None
         self.apply(self._init)
 
     @staticmethod
@@ -191,6 +198,12 @@ class SASRec(nn.Module):
         Column 0 (padding) is meaningless; callers mask it.
         """
         return h @ self.output_items().T
+
+    def history_offsets(self, items: torch.Tensor) -> torch.Tensor | None:
+        """Score offsets (B, T) of the input items (B, T) when ranking after the last
+        position (each item's offset sits at its last occurrence), or None without a
+        repeat term."""
+        return None if self.repeat is None else self.repeat.last_position(items)
 
     def last_attention(self, items: torch.Tensor) -> torch.Tensor:
         """Attention (L, B, H, T) the last position paid to each history position."""

@@ -28,6 +28,11 @@ class SASRecScorer:
         """(num_items + 1, d) the output item embeddings."""
         return self.model.output_items().detach()
 
+    @torch.no_grad()
+    def history_offsets(self, inputs: torch.Tensor) -> torch.Tensor | None:
+        """(B, T) score offsets of the input items (the repeat term), or None."""
+        return self.model.history_offsets(inputs)
+
 
 class MostPopular:
     """Ranks items by their number of training events, whatever the history."""
@@ -44,3 +49,7 @@ class MostPopular:
     def item_vectors(self) -> torch.Tensor:
         """(num_items + 1, 1) training counts."""
         return self.counts
+
+    def history_offsets(self, inputs: torch.Tensor) -> None:
+        """None: the history does not change the scores."""
+        return None

@@ -13,6 +13,10 @@ row 0 is padding:
   per position, and the positive probability raised to ``beta``, calibrated by ``t``
   against the sampling rate, which undoes BCE's over-confidence under sampling.
 
+With a repeat term (:mod:`recsys.models.repeat`), ``offsets(cands)`` gives each candidate's
+offset (B, T, C) for candidates (B, T, C) or (B, 1, C), added to its logit; ``ce`` takes
+the dense offsets of every item instead.
+
 Embeddings are looked up with ``F.embedding``, whose backward pass is deterministic on a
 CPU (advanced indexing's is not). sampled-softmax draws its negatives per sequence (one
 (B, k) draw instead of (B, T, k) embedding gathers); a negative that happens to equal the
@@ -21,29 +25,60 @@ target is masked out.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
+
+from recsys.models.repeat import RepeatBias
+
+Offsets = Callable[[torch.Tensor], torch.Tensor]
 
 LOSSES = ("ce", "bce", "sampled-softmax", "gbce")
 GBCE_POOL = 8192  # gbce draws each position's negatives from this many items per batch
 
 
-def ce_loss(h: torch.Tensor, targets: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+def ce_loss(
+    h: torch.Tensor,
+    targets: torch.Tensor,
+    items: torch.Tensor,
+    dense: torch.Tensor | None = None,
+) -> torch.Tensor:
     real = targets != 0
     logits = h[real] @ items.T  # (N, I + 1)
+    if dense is not None:
+        logits = logits + dense[real]  # (N, I + 1)
     logits[:, 0] = float("-inf")
     return F.cross_entropy(logits, targets[real])
 
 
+def _real_offsets(
+    offsets: Offsets | None, real: torch.Tensor, cands: torch.Tensor
+) -> torch.Tensor | float:
+    """Offsets (N, C) of candidates (N, C) given at the real positions (B, T) only."""
+    if offsets is None:
+        return 0.0
+    full = torch.zeros(*real.shape, cands.shape[-1], dtype=cands.dtype)
+    full[real] = cands
+    return offsets(full)[real]
+
+
 def bce_loss(
-    h: torch.Tensor, targets: torch.Tensor, items: torch.Tensor, gen: torch.Generator
+    h: torch.Tensor,
+    targets: torch.Tensor,
+    items: torch.Tensor,
+    gen: torch.Generator,
+    offsets: Offsets | None = None,
 ) -> torch.Tensor:
     real = targets != 0
-    h, targets = h[real], targets[real]  # (N, d), (N,)
-    neg = torch.randint(1, items.shape[0], targets.shape, generator=gen)  # (N,)
-    pos_logit = (h * F.embedding(targets, items)).sum(-1)  # (N,)
+    h, flat = h[real], targets[real]  # (N, d), (N,)
+    neg = torch.randint(1, items.shape[0], flat.shape, generator=gen)  # (N,)
+    off = _real_offsets(offsets, real, torch.stack([flat, neg], -1))  # (N, 2)
+    pos_logit = (h * F.embedding(flat, items)).sum(-1)  # (N,)
     neg_logit = (h * F.embedding(neg, items)).sum(-1)  # (N,)
-    hit = (neg != targets).float()
+    if offsets is not None:
+        pos_logit, neg_logit = pos_logit + off[:, 0], neg_logit + off[:, 1]
+    hit = (neg != flat).float()
     return (-F.logsigmoid(pos_logit) - F.logsigmoid(-neg_logit) * hit).mean()
 
 
@@ -63,10 +98,14 @@ def sampled_softmax_loss(
     log_q: torch.Tensor,
     k: int,
     gen: torch.Generator,
+    offsets: Offsets | None = None,
 ) -> torch.Tensor:
     B = h.shape[0]
     neg = torch.multinomial(log_q.exp(), B * k, replacement=True, generator=gen).view(B, k)
     pos, negs = _negative_logits(h, targets, items, neg)
+    if offsets is not None:
+        pos = pos + offsets(targets[:, :, None])[..., 0]  # (B, T)
+        negs = negs + offsets(neg[:, None, :])  # (B, T, k)
     correction = log_q.masked_fill(log_q == float("-inf"), 0.0)  # padding: never drawn
     pos = pos - correction[targets]  # (B, T)
     negs = negs - correction[neg][:, None, :]  # (B, T, k)
@@ -82,10 +121,11 @@ def gbce_loss(
     k: int,
     t: float,
     gen: torch.Generator,
+    offsets: Offsets | None = None,
 ) -> torch.Tensor:
     num_items = items.shape[0] - 1
     real = targets != 0
-    h, targets = h[real], targets[real]  # (N, d), (N,)
+    h, flat = h[real], targets[real]  # (N, d), (N,)
     # Per-position negatives: with one negative, sharing it across a sequence (as
     # sampled-softmax does) cut ml-100k validation NDCG@10 from 0.104 to 0.060. Scores
     # are computed once against a pool (the whole catalogue when small) and gathered.
@@ -93,13 +133,16 @@ def gbce_loss(
         pool = torch.arange(1, num_items + 1)
     else:
         pool = torch.randint(1, num_items + 1, (GBCE_POOL,), generator=gen)
-    pick = torch.randint(0, len(pool), (len(targets), k), generator=gen)  # (N, k)
+    pick = torch.randint(0, len(pool), (len(flat), k), generator=gen)  # (N, k)
     neg = pool[pick]  # (N, k)
     negs = (h @ F.embedding(pool, items).T).gather(1, pick)  # (N, k)
-    pos = (h * F.embedding(targets, items)).sum(-1)  # (N,)
+    pos = (h * F.embedding(flat, items)).sum(-1)  # (N,)
+    if offsets is not None:
+        off = _real_offsets(offsets, real, torch.cat([flat[:, None], neg], -1))  # (N, 1 + k)
+        pos, negs = pos + off[:, 0], negs + off[:, 1:]
     alpha = k / max(num_items - 1, 1)
     beta = alpha * (t * (1 - 1 / alpha) + 1 / alpha)
-    hit = (neg != targets[:, None]).float()
+    hit = (neg != flat[:, None]).float()
     per_position = -beta * F.logsigmoid(pos) - (F.logsigmoid(-negs) * hit).sum(-1)  # (N,)
     # gSASRec averages BCE over the 1 + k logits of a position.
     return per_position.mean() / (1 + k)
@@ -114,21 +157,29 @@ def sequence_loss(
     num_negatives: int = 256,
     gbce_t: float = 0.75,
     log_q: torch.Tensor | None = None,
+    repeat: RepeatBias | None = None,
+    inputs: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The ``kind`` loss of hidden states h (B, T, d) for next items ``targets`` (B, T).
 
     Positions whose target is 0 are ignored. ``log_q`` (I + 1,) is the log sampling
-    distribution of ``sampled-softmax`` (item popularity, -inf at padding).
+    distribution of ``sampled-softmax`` (item popularity, -inf at padding). With a
+    ``repeat`` term, ``inputs`` (B, T) are the input items its offsets are taken from.
     """
+    offsets: Offsets | None = None
+    if repeat is not None:
+        assert inputs is not None, "the repeat term needs the input items"
+        offsets = lambda cands: repeat(inputs, cands)  # noqa: E731
     if kind == "ce":
-        return ce_loss(h, targets, items)
+        dense = repeat.dense(inputs, items.shape[0] - 1) if repeat is not None else None
+        return ce_loss(h, targets, items, dense)
     if kind == "bce":
-        return bce_loss(h, targets, items, gen)
+        return bce_loss(h, targets, items, gen, offsets)
     if kind == "sampled-softmax":
         assert log_q is not None, "sampled-softmax needs the sampling distribution"
-        return sampled_softmax_loss(h, targets, items, log_q, num_negatives, gen)
+        return sampled_softmax_loss(h, targets, items, log_q, num_negatives, gen, offsets)
     if kind == "gbce":
-        return gbce_loss(h, targets, items, num_negatives, gbce_t, gen)
+        return gbce_loss(h, targets, items, num_negatives, gbce_t, gen, offsets)
     raise ValueError(f"loss {kind!r} is unknown; expected one of {LOSSES}")
 
 

@@ -250,6 +250,8 @@ class Trainer:
                 num_negatives=cfg.num_negatives,
                 gbce_t=cfg.gbce_t,
                 log_q=self.log_q,
+                repeat=self.model.repeat,
+                inputs=inputs,
             )
             if not torch.isfinite(loss):
                 raise TrainingError(

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import torch
+
+from recsys.models.repeat import NUM_BUCKETS, RATE, RepeatBias, distance_bucket
+
+
+def brute(weight: torch.Tensor, inputs: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
+    B, T = inputs.shape
+    out = torch.zeros(cands.shape)
+    for b in range(B):
+        for t in range(T):
+            for j, c in enumerate(cands[b, t].tolist()):
+                seen = [s for s in range(t + 1) if c != 0 and inputs[b, s] == c]
+                if seen:
+                    out[b, t, j] = weight[distance_bucket(torch.tensor(t - seen[-1]))]
+    return out
+
+
+def test_distance_buckets_are_log_spaced_and_capped():
+    d = torch.tensor([0, 1, 2, 3, 4, 7, 8, 127, 128, 10_000])
+    assert distance_bucket(d).tolist() == [0, 1, 2, 2, 3, 3, 4, 7, 8, 8]
+    assert distance_bucket(torch.tensor([5]), num_buckets=3).tolist() == [2]
+
+
+def test_offsets_use_the_last_occurrence_at_or_before_each_position():
+    rb = RepeatBias()
+    with torch.no_grad():
+        rb.raw.copy_(torch.arange(1.0, NUM_BUCKETS + 1) / RATE)  # bucket j -> j + 1
+    inputs = torch.tensor([[0, 5, 3, 5, 9]])
+    cands = torch.tensor([[[5, 3, 7]]]).expand(1, 5, 3)
+    got = rb(inputs, cands)
+    # t=0 padding: nothing seen; t=1: 5 at distance 0 (w=1); t=2: 5 at 1 (w=2), 3 at 0;
+    # t=3: 5 again at 0, 3 at 1; t=4: 5 at 1, 3 at 2 (bucket 2, w=3); 7 never.
+    assert got[0].tolist() == [[0, 0, 0], [1, 0, 0], [2, 1, 0], [1, 2, 0], [2, 3, 0]]
+    assert torch.equal(got, brute(rb.weight.detach(), inputs, cands))
+    # Per-sequence candidates (B, 1, C) broadcast over positions.
+    assert torch.equal(rb(inputs, cands[:, :1]), got)
+
+
+def test_dense_and_last_position_agree_with_candidate_offsets():
+    g = torch.Generator().manual_seed(0)
+    rb = RepeatBias()
+    with torch.no_grad():
+        rb.raw.copy_(torch.randn(NUM_BUCKETS, generator=g))
+    inputs = torch.randint(0, 6, (4, 12), generator=g)  # many repeats and padding
+    inputs[1, :5] = 0
+    every = torch.arange(0, 8).expand(4, 12, 8)
+    cand = rb(inputs, every)
+    assert torch.allclose(cand, brute(rb.weight.detach(), inputs, every))
+    assert torch.allclose(rb.dense(inputs, 7), cand)
+    # At the last position, each item's offset sits once, at its last occurrence.
+    last = rb.last_position(inputs)
+    per_item = torch.zeros(4, 8).scatter_add(1, inputs, last)
+    assert torch.allclose(per_item[:, 1:], cand[:, -1, 1:])
+    assert (last[inputs == 0] == 0).all()
+
+
+def test_gradients_reach_the_weights():
+    rb = RepeatBias()
+    inputs = torch.tensor([[1, 2, 1]])
+    rb.dense(inputs, 3).sum().backward()
+    assert rb.raw.grad is not None and rb.raw.grad.abs().sum() > 0
