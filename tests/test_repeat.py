@@ -61,3 +61,32 @@ def test_gradients_reach_the_weights():
     inputs = torch.tensor([[1, 2, 1]])
     rb.dense(inputs, 3).sum().backward()
     assert rb.raw.grad is not None and rb.raw.grad.abs().sum() > 0
+
+
+def test_every_path_gives_the_same_offsets_and_gradients():
+    g = torch.Generator().manual_seed(1)
+    inputs = torch.randint(0, 9, (3, 10), generator=g)
+    real = torch.rand(3, 10, generator=g) > 0.3
+    every = torch.arange(0, 10).expand(3, 10, 10)
+    grads, outs = [], []
+    for path in ("candidates", "per-sequence", "dense", "dense-real"):
+        rb = RepeatBias()
+        with torch.no_grad():
+            rb.raw.copy_(torch.randn(NUM_BUCKETS, generator=torch.Generator().manual_seed(3)))
+        if path == "candidates":
+            out = rb(inputs, every)
+        elif path == "per-sequence":
+            out = rb(inputs, every[:, :1])
+        elif path == "dense":
+            out = rb.dense(inputs, 9)
+        else:
+            logits = torch.ones(int(real.sum()), 10)
+            flat = rb.add_dense(logits, inputs, real) - 1.0  # (N, 10), real positions
+            out = torch.zeros(3, 10, 10).index_put(real.nonzero(as_tuple=True), flat)
+        out = out * real[:, :, None]
+        (out * torch.arange(1.0, 11.0)).sum().backward()  # item-weighted, to tell items apart
+        outs.append(out.detach())
+        grads.append(rb.raw.grad.clone())
+    for out, grad in zip(outs[1:], grads[1:], strict=True):
+        assert torch.allclose(out, outs[0], atol=1e-5)
+        assert torch.allclose(grad, grads[0], atol=1e-4)

@@ -216,9 +216,7 @@ def evaluate(
         else:
             seen = ragged_to_padded(*gather_ragged(data.items, start, tstop))
             negatives = _sample_unseen(rng, seen, data.num_items, cfg.num_sampled)
-            ranks = _sampled_ranks(
-                users, item_vecs, targets, torch.from_numpy(negatives), offsets
-            )
+            ranks = _sampled_ranks(users, item_vecs, targets, torch.from_numpy(negatives), offsets)
         ranks_parts.append(ranks.numpy())
         bar.update(len(start))
     bar.close()

@@ -15,6 +15,8 @@ holding ``c``, or 0 if there is none.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -45,48 +47,85 @@ class RepeatBias(nn.Module):
         """(num_buckets,) the score offset of each distance bucket."""
         return self.raw * RATE
 
-    def _kernel(self, T: int, device: torch.device) -> torch.Tensor:
-        """(T, T) weight of query position t for an item last seen at s (0 where s > t)."""
-        pos = torch.arange(T, device=device)
-        dist = pos[:, None] - pos[None, :]  # (T, T)
-        return self.weight[distance_bucket(dist, self.num_buckets)] * (dist >= 0)
+    def live(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Offsets (B, T, T) [b, t, s] that input s adds to its item at query t, and where
+        they apply (bool, same shape).
+
+        They apply where s <= t, input s is real, and s is its item's last occurrence up
+        to t (before the item's next position).
+        """
+        T = inputs.shape[1]
+        pos = torch.arange(T, device=inputs.device)
+        dist = pos[:, None] - pos[None, :]  # (T, T) [t, s]
+        kernel = self.weight[distance_bucket(dist, self.num_buckets)]  # (T, T)
+        with torch.no_grad():
+            same = inputs[:, :, None] == inputs[:, None, :]  # (B, s, s')
+            later = torch.ones(T, T, dtype=torch.bool, device=inputs.device).triu(1)
+            nxt = torch.where(same & later, pos, T).amin(-1)  # (B, s): next occurrence
+            alive = (
+                (pos[None, :, None] < nxt[:, None, :])
+                & (dist >= 0)[None]
+                & (inputs != 0)[:, None, :]
+            )  # (B, t, s)
+        return kernel[None] * alive, alive
 
     def forward(self, inputs: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
         """Offsets (B, T, C) of candidates ``cands`` (B, T, C) or (B, 1, C) at every position."""
         B, T = inputs.shape
+        if cands.shape[1] == 1 and T > 1:
+            return self._per_sequence(inputs, cands[:, 0, :])
         cands = cands.expand(B, T, cands.shape[-1])
-        # Sorted keys (sequence, item, position) of the real inputs: the last position
-        # s <= t of item c in sequence b is the predecessor of key (b, c, t).
-        width = int(max(inputs.max().item(), cands.max().item())) + 1
-        b = torch.arange(B, device=inputs.device)[:, None]  # (B, 1)
-        s = torch.arange(T, device=inputs.device)[None, :]  # (1, T)
-        keys = ((b * width + inputs) * T + s)[inputs != 0].sort().values  # (N,)
-        if keys.numel() == 0:
-            return torch.zeros(cands.shape, dtype=self.weight.dtype, device=inputs.device)
-        t = torch.arange(T, device=inputs.device)[None, :, None]  # (1, T, 1)
-        pair = b[:, :, None] * width + cands  # (B, T, C)
-        query = pair * T + t  # (B, T, C)
-        at = torch.searchsorted(keys, query, right=True) - 1
-        found = keys[at.clamp(min=0)]
-        hit = (at >= 0) & (found // T == pair) & (cands != 0)
-        dist = t - found % T  # (B, T, C)
-        return self.weight[distance_bucket(dist, self.num_buckets)] * hit
+        with torch.no_grad():
+            # Sorted keys (sequence, item, position) of the real inputs: the last position
+            # s <= t of item c in sequence b is the predecessor of key (b, c, t).
+            width = int(max(inputs.max().item(), cands.max().item())) + 1
+            b = torch.arange(B, device=inputs.device)[:, None]  # (B, 1)
+            s = torch.arange(T, device=inputs.device)[None, :]  # (1, T)
+            keys = ((b * width + inputs) * T + s)[inputs != 0].sort().values  # (N,)
+            t = torch.arange(T, device=inputs.device)[None, :, None]  # (1, T, 1)
+            query = (b[:, :, None] * width + cands) * T + t  # (B, T, C)
+            at = torch.searchsorted(keys, query, right=True) - 1
+            found = keys[at.clamp(min=0)] if keys.numel() else torch.zeros_like(query)
+            # Same (sequence, item) and at or before t: the key is within t + 1 of the query.
+            hit = (at >= 0) & (query - found <= t) & (cands != 0)
+            where = hit.nonzero(as_tuple=True)
+            dist = query[where] - found[where]  # t - s, since the (b, c) parts are equal
+        out = torch.zeros(cands.shape, dtype=self.weight.dtype, device=inputs.device)
+        return out.index_put(where, self.weight[distance_bucket(dist, self.num_buckets)])
+
+    def _per_sequence(self, inputs: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
+        """Offsets (B, T, C) of the same candidates (B, C) at every position."""
+        B, T = inputs.shape
+        with torch.no_grad():
+            b, c, s = (cands[:, :, None] == inputs[:, None, :]).nonzero(as_tuple=True)
+        out = torch.zeros(B, cands.shape[1], T, dtype=self.weight.dtype, device=inputs.device)
+        values, _ = self.live(inputs)  # (B, t, s)
+        out = out.index_put((b, c), values[b, :, s], accumulate=True)  # (B, C, T)
+        return out.transpose(1, 2)
+
+    def add_dense(
+        self, logits: torch.Tensor, inputs: torch.Tensor, real: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Every item's offset added to logits over the whole catalogue.
+
+        ``logits`` is (B, T, num_items + 1), or (N, num_items + 1) for the N positions
+        where ``real`` (B, T) is True, in row-major order.
+        """
+        values, alive = self.live(inputs)  # (B, t, s)
+        if real is not None:
+            alive = alive & real[:, :, None]
+        b, t, s = alive.nonzero(as_tuple=True)
+        index: tuple[torch.Tensor, ...] = (b, t)
+        if real is not None:
+            row = (real.flatten().cumsum(0) - 1).view(real.shape)  # (B, T)
+            index = (row[b, t],)
+        return logits.index_put((*index, inputs[b, s]), values[b, t, s], accumulate=True)
 
     def dense(self, inputs: torch.Tensor, num_items: int) -> torch.Tensor:
         """Offsets (B, T, num_items + 1) of every item at every position."""
         B, T = inputs.shape
-        kernel = self._kernel(T, inputs.device)  # (T, T) [t, s]
-        # Position s counts for query t only while it is the item's last occurrence: up to
-        # (not including) the item's next position.
-        same = inputs[:, :, None] == inputs[:, None, :]  # (B, s, s')
-        later = torch.ones(T, T, dtype=torch.bool, device=inputs.device).triu(1)  # s' > s
-        nxt = torch.where(same & later, torch.arange(T, device=inputs.device), T).amin(-1)
-        t = torch.arange(T, device=inputs.device)[None, :, None]  # (1, t, 1)
-        live = t < nxt[:, None, :]  # (B, t, s)
-        vals = kernel[None] * live * (inputs != 0)[:, None, :]  # (B, t, s)
-        out = torch.zeros(B, T, num_items + 1, dtype=vals.dtype, device=inputs.device)
-        index = inputs[:, None, :].expand(B, T, T)
-        return out.scatter_add(2, index, vals)
+        zeros = torch.zeros(B, T, num_items + 1, dtype=self.weight.dtype, device=inputs.device)
+        return self.add_dense(zeros, inputs)
 
     def last_position(self, inputs: torch.Tensor) -> torch.Tensor:
         """Offsets (B, T) of each input item when ranking after the last position.
@@ -100,3 +139,19 @@ class RepeatBias(nn.Module):
         last = ~(same & later).any(-1) & (inputs != 0)  # (B, T)
         dist = (T - 1) - torch.arange(T, device=inputs.device)  # (T,)
         return self.weight[distance_bucket(dist, self.num_buckets)][None, :] * last
+
+
+@dataclass
+class BatchOffsets:
+    """The repeat term bound to one batch's inputs (B, T), as the losses use it."""
+
+    repeat: RepeatBias
+    inputs: torch.Tensor
+
+    def of(self, cands: torch.Tensor) -> torch.Tensor:
+        """Offsets (B, T, C) of candidates (B, T, C) or (B, 1, C)."""
+        return self.repeat(self.inputs, cands)
+
+    def add_to(self, logits: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """(N, num_items + 1) logits of the real positions (B, T), plus every offset."""
+        return self.repeat.add_dense(logits, self.inputs, real)

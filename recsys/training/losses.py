@@ -13,9 +13,9 @@ row 0 is padding:
   per position, and the positive probability raised to ``beta``, calibrated by ``t``
   against the sampling rate, which undoes BCE's over-confidence under sampling.
 
-With a repeat term (:mod:`recsys.models.repeat`), ``offsets(cands)`` gives each candidate's
-offset (B, T, C) for candidates (B, T, C) or (B, 1, C), added to its logit; ``ce`` takes
-the dense offsets of every item instead.
+With a repeat term (:mod:`recsys.models.repeat`), ``offsets`` adds each candidate's
+learned offset to its logit: ``offsets.of(cands)`` for sampled candidates, and
+``offsets.add_to(logits, real)`` where the logits cover the whole catalogue.
 
 Embeddings are looked up with ``F.embedding``, whose backward pass is deterministic on a
 CPU (advanced indexing's is not). sampled-softmax draws its negatives per sequence (one
@@ -25,14 +25,10 @@ target is masked out.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 
-from recsys.models.repeat import RepeatBias
-
-Offsets = Callable[[torch.Tensor], torch.Tensor]
+from recsys.models.repeat import BatchOffsets, RepeatBias
 
 LOSSES = ("ce", "bce", "sampled-softmax", "gbce")
 GBCE_POOL = 8192  # gbce draws each position's negatives from this many items per batch
@@ -42,25 +38,25 @@ def ce_loss(
     h: torch.Tensor,
     targets: torch.Tensor,
     items: torch.Tensor,
-    dense: torch.Tensor | None = None,
+    offsets: BatchOffsets | None = None,
 ) -> torch.Tensor:
     real = targets != 0
     logits = h[real] @ items.T  # (N, I + 1)
-    if dense is not None:
-        logits = logits + dense[real]  # (N, I + 1)
+    if offsets is not None:
+        logits = offsets.add_to(logits, real)
     logits[:, 0] = float("-inf")
     return F.cross_entropy(logits, targets[real])
 
 
 def _real_offsets(
-    offsets: Offsets | None, real: torch.Tensor, cands: torch.Tensor
+    offsets: BatchOffsets | None, real: torch.Tensor, cands: torch.Tensor
 ) -> torch.Tensor | float:
     """Offsets (N, C) of candidates (N, C) given at the real positions (B, T) only."""
     if offsets is None:
         return 0.0
     full = torch.zeros(*real.shape, cands.shape[-1], dtype=cands.dtype)
     full[real] = cands
-    return offsets(full)[real]
+    return offsets.of(full)[real]
 
 
 def bce_loss(
@@ -68,7 +64,7 @@ def bce_loss(
     targets: torch.Tensor,
     items: torch.Tensor,
     gen: torch.Generator,
-    offsets: Offsets | None = None,
+    offsets: BatchOffsets | None = None,
 ) -> torch.Tensor:
     real = targets != 0
     h, flat = h[real], targets[real]  # (N, d), (N,)
@@ -98,14 +94,14 @@ def sampled_softmax_loss(
     log_q: torch.Tensor,
     k: int,
     gen: torch.Generator,
-    offsets: Offsets | None = None,
+    offsets: BatchOffsets | None = None,
 ) -> torch.Tensor:
     B = h.shape[0]
     neg = torch.multinomial(log_q.exp(), B * k, replacement=True, generator=gen).view(B, k)
     pos, negs = _negative_logits(h, targets, items, neg)
     if offsets is not None:
-        pos = pos + offsets(targets[:, :, None])[..., 0]  # (B, T)
-        negs = negs + offsets(neg[:, None, :])  # (B, T, k)
+        pos = pos + offsets.of(targets[:, :, None])[..., 0]  # (B, T)
+        negs = negs + offsets.of(neg[:, None, :])  # (B, T, k)
     correction = log_q.masked_fill(log_q == float("-inf"), 0.0)  # padding: never drawn
     pos = pos - correction[targets]  # (B, T)
     negs = negs - correction[neg][:, None, :]  # (B, T, k)
@@ -121,7 +117,7 @@ def gbce_loss(
     k: int,
     t: float,
     gen: torch.Generator,
-    offsets: Offsets | None = None,
+    offsets: BatchOffsets | None = None,
 ) -> torch.Tensor:
     num_items = items.shape[0] - 1
     real = targets != 0
@@ -135,11 +131,16 @@ def gbce_loss(
         pool = torch.randint(1, num_items + 1, (GBCE_POOL,), generator=gen)
     pick = torch.randint(0, len(pool), (len(flat), k), generator=gen)  # (N, k)
     neg = pool[pick]  # (N, k)
-    negs = (h @ F.embedding(pool, items).T).gather(1, pick)  # (N, k)
-    pos = (h * F.embedding(flat, items)).sum(-1)  # (N,)
-    if offsets is not None:
-        off = _real_offsets(offsets, real, torch.cat([flat[:, None], neg], -1))  # (N, 1 + k)
-        pos, negs = pos + off[:, 0], negs + off[:, 1:]
+    if offsets is not None and num_items <= GBCE_POOL:
+        # The pool is the catalogue: add the offsets to its score matrix, then gather.
+        scores = offsets.add_to(h @ items.T, real)  # (N, I + 1)
+        pos, negs = scores.gather(1, flat[:, None])[:, 0], scores.gather(1, neg)
+    else:
+        negs = (h @ F.embedding(pool, items).T).gather(1, pick)  # (N, k)
+        pos = (h * F.embedding(flat, items)).sum(-1)  # (N,)
+        if offsets is not None:
+            off = _real_offsets(offsets, real, torch.cat([flat[:, None], neg], -1))
+            pos, negs = pos + off[:, 0], negs + off[:, 1:]  # (N,), (N, k)
     alpha = k / max(num_items - 1, 1)
     beta = alpha * (t * (1 - 1 / alpha) + 1 / alpha)
     hit = (neg != flat[:, None]).float()
@@ -166,13 +167,12 @@ def sequence_loss(
     distribution of ``sampled-softmax`` (item popularity, -inf at padding). With a
     ``repeat`` term, ``inputs`` (B, T) are the input items its offsets are taken from.
     """
-    offsets: Offsets | None = None
+    offsets = None
     if repeat is not None:
         assert inputs is not None, "the repeat term needs the input items"
-        offsets = lambda cands: repeat(inputs, cands)  # noqa: E731
+        offsets = BatchOffsets(repeat, inputs)
     if kind == "ce":
-        dense = repeat.dense(inputs, items.shape[0] - 1) if repeat is not None else None
-        return ce_loss(h, targets, items, dense)
+        return ce_loss(h, targets, items, offsets)
     if kind == "bce":
         return bce_loss(h, targets, items, gen, offsets)
     if kind == "sampled-softmax":
