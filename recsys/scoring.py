@@ -12,15 +12,16 @@ import polars as pl
 import torch
 
 from recsys.bundle import Bundle
-from recsys.data.dataset import pad_left, ragged_to_padded
+from recsys.data.dataset import pad_left
 from recsys.evaluation.ranking import offsets_of
+from recsys.models.repeat import last_occurrence
 
 RESULT_SCHEMA = {"user_id": pl.String, "rank": pl.Int32, "item_id": pl.String, "score": pl.Float32}
 
 
 def user_vectors(bundle: Bundle, flat: np.ndarray, offsets: np.ndarray) -> torch.Tensor:
     """(B, d) user vectors of B histories ``flat[offsets[b]:offsets[b + 1]]``."""
-    return _inputs_and_vectors(bundle, flat, offsets)[1]
+    return _vectors_and_offsets(bundle, flat, offsets)[0]
 
 
 def score_items(
@@ -28,22 +29,26 @@ def score_items(
 ) -> np.ndarray:
     """Scores (B, C) of given items (B, C) for B histories, as the ranking sees them (the
     dot product plus the model's repeat term, if any)."""
-    inputs, users, values = _inputs_and_vectors(bundle, flat, offsets)
+    users, history, values = _vectors_and_offsets(bundle, flat, offsets)
     cands = torch.from_numpy(items)
     scores = (users[:, None, :] * bundle.scorer.item_vectors()[cands]).sum(-1)  # (B, C)
     if values is not None:
-        scores = scores + offsets_of((inputs, values), cands)
+        scores = scores + offsets_of((history, values), cands)
     return scores.numpy()
 
 
-def _inputs_and_vectors(
+def _vectors_and_offsets(
     bundle: Bundle, flat: np.ndarray, offsets: np.ndarray
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    inputs = torch.from_numpy(pad_left(flat, offsets[:-1], offsets[1:], bundle.scorer.max_len))
+    """User vectors (B, d), the whole histories left-padded (B, H), and the repeat term's
+    offsets of those history positions (B, H) or None."""
+    start, stop = offsets[:-1], offsets[1:]
+    inputs = pad_left(flat, start, stop, bundle.scorer.max_len)
+    history = torch.from_numpy(pad_left(flat, start, stop, int((stop - start).max(initial=1))))
     with torch.no_grad():
-        users = bundle.scorer.user_vectors(inputs)  # (B, d)
-        values = bundle.scorer.history_offsets(inputs)  # (B, T) or None
-    return inputs, users, values
+        users = bundle.scorer.user_vectors(torch.from_numpy(inputs))
+        values = bundle.scorer.history_offsets(history)
+    return users, history, values
 
 
 def score_chunk(
@@ -70,33 +75,32 @@ def score_chunk(
     exclude : ndarray (B, H), optional
         More item indices per row never to return (0 = none).
     """
-    inputs, users, values = _inputs_and_vectors(bundle, flat, offsets)
-    parts = [ragged_to_padded(flat, offsets)] if exclude_seen else []
+    users, history, values = _vectors_and_offsets(bundle, flat, offsets)
+    hist = history.numpy()
+    parts = [hist] if exclude_seen else []
     if exclude is not None:
         parts.append(exclude)
     if exclude_seen or values is None:
         ex = np.concatenate(parts, axis=1) if parts else None
         return bundle.index.search(users.numpy(), k, ex)
-    # The repeat term moves the model's input items off the dot-product order: search the
-    # index without them, score them exactly, and merge the two lists.
-    inp = inputs.numpy()
-    items, scores = bundle.index.search(users.numpy(), k, np.concatenate([inp, *parts], axis=1))
-    own = (users[:, None, :] * bundle.scorer.item_vectors()[inputs]).sum(-1)  # (B, T)
-    own = (own + offsets_of((inputs, values), inputs)).numpy()
-    same = inp[:, :, None] == inp[:, None, :]  # (B, T, T)
-    repeated = (same & np.tri(inp.shape[1], k=-1, dtype=bool)).any(-1)  # seen earlier in row
-    banned = (inp == 0) | repeated
+    # The repeat term moves history items off the dot-product order: search the index
+    # without them, score each one exactly (once, at its last occurrence), and merge.
+    items, scores = bundle.index.search(users.numpy(), k, np.concatenate([hist, *parts], axis=1))
+    rows, cols = last_occurrence(history).nonzero(as_tuple=True)
+    own = np.full(hist.shape, -np.inf, dtype=np.float32)
+    vecs = bundle.scorer.item_vectors()[history[rows, cols]]  # (n, d)
+    own[rows, cols] = ((users[rows] * vecs).sum(-1) + values[rows, cols]).numpy()
     if exclude is not None:
-        banned |= (inp[:, :, None] == exclude[:, None, :]).any(-1)
-    cand_items = np.concatenate([items, inp], axis=1)
-    cand_scores = np.concatenate([scores, np.where(banned, -np.inf, own)], axis=1)
+        own[(hist[:, :, None] == exclude[:, None, :]).any(-1)] = -np.inf
+    cand_items = np.concatenate([items, hist], axis=1)
+    cand_scores = np.concatenate([scores, own], axis=1)
     stride = bundle.num_items + 1
     # Best first, ties by the lower index, empty slots (item 0, -inf) last.
     order = np.lexsort(
         (np.where(cand_items > 0, cand_items, stride), -cand_scores.astype(np.float64))
     )[:, :k]
     top_items = np.take_along_axis(cand_items, order, axis=1)
-    top_scores = np.take_along_axis(cand_scores, order, axis=1).astype(np.float32)
+    top_scores = np.take_along_axis(cand_scores, order, axis=1)
     return np.where(np.isneginf(top_scores), 0, top_items), top_scores
 
 

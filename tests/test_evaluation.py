@@ -147,6 +147,26 @@ def test_most_popular_exact_metrics(tmp_path):
     assert incl.per_user["best_rank"].to_list() == [4, 0, 3]
 
 
+class PenalisedPopular(MostPopular):
+    """Most-popular with a repeat term: -10 on every history item, however old."""
+
+    def history_offsets(self, inputs: torch.Tensor) -> torch.Tensor:
+        return torch.where(inputs != 0, -10.0, 0.0)
+
+
+def test_history_offsets_reach_the_whole_history(tmp_path):
+    # Same data as above. The scorer's window is 1 item, but its offsets cover the whole
+    # history: each history item sinks by 10 (counts are at most 3), so ranking with the
+    # history included gives the excluded ranks [1, 0, 1], except that user 2's own
+    # target 1 is in its history and sinks too.
+    seqs = [[1, 2, 3, 1, 4], [2, 1, 5, 2, 1], [1, 5, 5, 4, 3]]
+    d = SequenceData.load(make_prepared(tmp_path / "d", seqs))
+    cfg = EvalConfig(ks=(1,), bootstrap=0, exclude_seen=False)
+    res = evaluate(PenalisedPopular(d.item_counts()), d, "test", cfg)
+    # User 2: unseen items 3, 4 come first (counts 1, 0); then 1 (3 - 10) after them.
+    assert res.per_user["best_rank"].to_list() == [1, 2, 1]
+
+
 def test_metric_names_label_the_protocol(tmp_path):
     d = SequenceData.load(make_prepared(tmp_path / "d", [[1, 2, 3, 4]] * 3 + [[5, 6, 7, 8]]))
     full = evaluate(MostPopular(d.item_counts()), d, "test", EvalConfig(ks=(10,)))

@@ -132,6 +132,16 @@ def test_include_seen_merges_history_items_exactly(fitted_repeat):
         mine = got.filter(pl.col("user_id") == str(u))
         assert mine["item_id"].to_list() == [vocab[j] for j in best]
         assert np.allclose(mine["score"].to_numpy(), scores[row, best], atol=1e-4)
+    # A history longer than the model's window (16): every item in it is scored with its
+    # offset, the older ones with the farthest trained bucket's.
+    long = np.array([(j * 7) % n + 1 for j in range(30)])
+    all_items = np.arange(1, n + 1)[None, :]
+    long_scores = score_items(rec.bundle, long, np.array([0, 30]), all_items)[0]
+    best = sorted(range(n), key=lambda j: (-long_scores[j], j))[:10]
+    raw = [vocab[i - 1] for i in long]
+    mine = rec.recommend_for_history(raw, k=10, exclude_seen=False)
+    assert mine["item_id"].to_list() == [vocab[j] for j in best]
+    assert np.allclose(mine["score"].to_numpy(), long_scores[best], atol=1e-4)
     # The merge is needed: some history items make these lists.
     hist = {vocab[i - 1] for i in flat[offsets[2] : offsets[3]]}
     assert set(got.filter(pl.col("user_id") == "3")["item_id"]) & hist

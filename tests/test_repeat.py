@@ -24,7 +24,7 @@ def test_distance_buckets_are_log_spaced_and_capped():
 
 
 def test_offsets_use_the_last_occurrence_at_or_before_each_position():
-    rb = RepeatBias()
+    rb = RepeatBias(max_len=1000)
     with torch.no_grad():
         rb.raw.copy_(torch.arange(1.0, NUM_BUCKETS + 1) / RATE)  # bucket j -> j + 1
     inputs = torch.tensor([[0, 5, 3, 5, 9]])
@@ -40,7 +40,7 @@ def test_offsets_use_the_last_occurrence_at_or_before_each_position():
 
 def test_dense_and_last_position_agree_with_candidate_offsets():
     g = torch.Generator().manual_seed(0)
-    rb = RepeatBias()
+    rb = RepeatBias(max_len=1000)
     with torch.no_grad():
         rb.raw.copy_(torch.randn(NUM_BUCKETS, generator=g))
     inputs = torch.randint(0, 6, (4, 12), generator=g)  # many repeats and padding
@@ -57,7 +57,7 @@ def test_dense_and_last_position_agree_with_candidate_offsets():
 
 
 def test_gradients_reach_the_weights():
-    rb = RepeatBias()
+    rb = RepeatBias(max_len=1000)
     inputs = torch.tensor([[1, 2, 1]])
     rb.dense(inputs, 3).sum().backward()
     assert rb.raw.grad is not None and rb.raw.grad.abs().sum() > 0
@@ -70,7 +70,7 @@ def test_every_path_gives_the_same_offsets_and_gradients():
     every = torch.arange(0, 10).expand(3, 10, 10)
     grads, outs = [], []
     for path in ("candidates", "per-sequence", "dense", "dense-real"):
-        rb = RepeatBias()
+        rb = RepeatBias(max_len=1000)
         with torch.no_grad():
             rb.raw.copy_(torch.randn(NUM_BUCKETS, generator=torch.Generator().manual_seed(3)))
         if path == "candidates":
@@ -90,3 +90,14 @@ def test_every_path_gives_the_same_offsets_and_gradients():
     for out, grad in zip(outs[1:], grads[1:], strict=True):
         assert torch.allclose(out, outs[0], atol=1e-5)
         assert torch.allclose(grad, grads[0], atol=1e-4)
+
+
+def test_history_longer_than_the_window_gets_the_farthest_trained_weight():
+    rb = RepeatBias(max_len=4)  # training sees distances 0-3: buckets 0, 1, 2
+    with torch.no_grad():
+        rb.raw.copy_(-torch.arange(1.0, NUM_BUCKETS + 1) / RATE)  # bucket j -> -(j + 1)
+    history = torch.tensor([[0, 7, 8, 7, 9, 8, 6, 6, 5, 4]])  # 9 real items, 7 and 8 twice
+    got = rb.last_position(history)
+    # Last occurrences: 7 at 3 (distance 6 → bucket 3, capped to 2), 9 at 4 (distance 5,
+    # capped), 8 at 5 (4, capped), 6 at 7 (2 → bucket 2), 5 at 8 (1), 4 at 9 (0).
+    assert got.tolist() == [[0, 0, 0, -3, -3, -3, 0, -3, -2, -1]]

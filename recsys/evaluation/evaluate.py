@@ -25,7 +25,7 @@ import polars as pl
 import torch
 from tqdm.auto import tqdm
 
-from recsys.data.dataset import SequenceData, Stage, gather_ragged, ragged_to_padded
+from recsys.data.dataset import SequenceData, Stage, gather_ragged, pad_left, ragged_to_padded
 from recsys.evaluation.metrics import bootstrap_ci, per_user_metrics
 from recsys.evaluation.ranking import Offsets, drop_targets, offsets_of, rank_and_top_k
 from recsys.training.batches import input_batch
@@ -152,8 +152,8 @@ def _sampled_ranks(
 ) -> torch.Tensor:
     t = (users[:, None, :] * item_vecs[targets]).sum(-1)  # (B, M)
     s = (users[:, None, :] * item_vecs[negatives]).sum(-1)  # (B, n)
-    if offsets is not None:
-        t, s = t + offsets_of(offsets, targets), s + offsets_of(offsets, negatives)
+    if offsets is not None:  # the negatives are unseen items: no offset
+        t = t + offsets_of(offsets, targets)
     ahead = (s[:, None, :] > t[:, :, None]) | (
         (s[:, None, :] == t[:, :, None]) & (negatives[:, None, :] < targets[:, :, None])
     )  # (B, M, n)
@@ -200,10 +200,11 @@ def evaluate(
     for lo in range(0, len(st.users), cfg.batch_users):
         sl = slice(lo, lo + cfg.batch_users)
         start, stop, tstop = st.hist_start[sl], st.hist_stop[sl], st.target_stop[sl]
-        inputs = input_batch(data.items, start, stop, scorer.max_len)
-        users = scorer.user_vectors(inputs)
-        values = scorer.history_offsets(inputs)
-        offsets = None if values is None else (inputs, values)
+        users = scorer.user_vectors(input_batch(data.items, start, stop, scorer.max_len))
+        # A repeat term reads the whole history, also what the model's window left out.
+        history = torch.from_numpy(pad_left(data.items, start, stop, int((stop - start).max())))
+        values = scorer.history_offsets(history)
+        offsets = None if values is None else (history, values)
         targets = torch.from_numpy(ragged_to_padded(*gather_ragged(data.items, stop, tstop)))
         if cfg.protocol == "full":
             exclude = None

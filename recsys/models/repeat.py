@@ -34,13 +34,35 @@ def distance_bucket(distance: torch.Tensor, num_buckets: int = NUM_BUCKETS) -> t
     return torch.where(distance <= 0, 0, b).clamp(max=num_buckets - 1)
 
 
-class RepeatBias(nn.Module):
-    """One learned weight per distance bucket (starts at 0: no effect until trained)."""
+def last_occurrence(history: torch.Tensor) -> torch.Tensor:
+    """(B, H) True at each real item's last position in its row of ``history`` (B, H)."""
+    H = history.shape[1]
+    pos = torch.arange(H, device=history.device)
+    # Sorted by (item, position) within a row, an item's last occurrence ends its run:
+    # O(H log H) per row rather than an (H, H) comparison.
+    order = torch.argsort(history * H + pos, dim=1)  # (B, H)
+    ranked = history.gather(1, order)
+    run_end = torch.ones_like(ranked, dtype=torch.bool)
+    run_end[:, :-1] = ranked[:, :-1] != ranked[:, 1:]
+    return torch.zeros_like(run_end).scatter(1, order, run_end) & (history != 0)
 
-    def __init__(self, num_buckets: int = NUM_BUCKETS):
+
+class RepeatBias(nn.Module):
+    """One learned weight per distance bucket (starts at 0: no effect until trained).
+
+    ``max_len`` is the model's window: training never shows a distance beyond
+    ``max_len - 1``, so items consumed longer ago (in a full history at ranking time) get
+    the weight of the farthest bucket training reaches.
+    """
+
+    def __init__(self, max_len: int, num_buckets: int = NUM_BUCKETS):
         super().__init__()
         self.num_buckets = num_buckets
+        self.farthest = int(distance_bucket(torch.tensor(max_len - 1), num_buckets))
         self.raw = nn.Parameter(torch.zeros(num_buckets))
+
+    def _bucket(self, distance: torch.Tensor) -> torch.Tensor:
+        return distance_bucket(distance, self.num_buckets).clamp(max=self.farthest)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -57,7 +79,7 @@ class RepeatBias(nn.Module):
         T = inputs.shape[1]
         pos = torch.arange(T, device=inputs.device)
         dist = pos[:, None] - pos[None, :]  # (T, T) [t, s]
-        kernel = self.weight[distance_bucket(dist, self.num_buckets)]  # (T, T)
+        kernel = self.weight[self._bucket(dist)]  # (T, T)
         with torch.no_grad():
             same = inputs[:, :, None] == inputs[:, None, :]  # (B, s, s')
             later = torch.ones(T, T, dtype=torch.bool, device=inputs.device).triu(1)
@@ -91,7 +113,7 @@ class RepeatBias(nn.Module):
             where = hit.nonzero(as_tuple=True)
             dist = query[where] - found[where]  # t - s, since the (b, c) parts are equal
         out = torch.zeros(cands.shape, dtype=self.weight.dtype, device=inputs.device)
-        return out.index_put(where, self.weight[distance_bucket(dist, self.num_buckets)])
+        return out.index_put(where, self.weight[self._bucket(dist)])
 
     def _per_sequence(self, inputs: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
         """Offsets (B, T, C) of the same candidates (B, C) at every position."""
@@ -127,18 +149,16 @@ class RepeatBias(nn.Module):
         zeros = torch.zeros(B, T, num_items + 1, dtype=self.weight.dtype, device=inputs.device)
         return self.add_dense(zeros, inputs)
 
-    def last_position(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Offsets (B, T) of each input item when ranking after the last position.
+    def last_position(self, history: torch.Tensor) -> torch.Tensor:
+        """Offsets (B, H) of each history item (B, H) when ranking after its last position.
 
-        The value sits at the item's last occurrence and is 0 at earlier ones and at
-        padding, so adding values at ``inputs`` counts each item once.
+        ``history`` is left-padded with 0, most recent item last, and may be longer than
+        the model's window. The value sits at each item's last occurrence and is 0 at
+        earlier ones and at padding, so adding values at ``history`` counts each item once.
         """
-        T = inputs.shape[1]
-        same = inputs[:, :, None] == inputs[:, None, :]  # (B, T, T)
-        later = torch.ones(T, T, dtype=torch.bool, device=inputs.device).triu(1)
-        last = ~(same & later).any(-1) & (inputs != 0)  # (B, T)
-        dist = (T - 1) - torch.arange(T, device=inputs.device)  # (T,)
-        return self.weight[distance_bucket(dist, self.num_buckets)][None, :] * last
+        H = history.shape[1]
+        dist = (H - 1) - torch.arange(H, device=history.device)  # (H,)
+        return self.weight[self._bucket(dist)][None, :] * last_occurrence(history)
 
 
 @dataclass

@@ -148,7 +148,7 @@ class SASRec(nn.Module):
             if cfg.tie_embeddings
             else nn.Embedding(cfg.num_items + 1, cfg.d_model, padding_idx=0)
         )
-        self.repeat = RepeatBias() if cfg.repeat_bias else None
+        self.repeat = RepeatBias(cfg.max_len) if cfg.repeat_bias else None
         self.apply(self._init)
 
     @staticmethod
@@ -200,9 +200,9 @@ class SASRec(nn.Module):
         return h @ self.output_items().T
 
     def history_offsets(self, items: torch.Tensor) -> torch.Tensor | None:
-        """Score offsets (B, T) of the input items (B, T) when ranking after the last
-        position (each item's offset sits at its last occurrence), or None without a
-        repeat term."""
+        """Score offsets (B, H) of history items (B, H; left-padded, any length) when
+        ranking after the last one (each item's offset sits at its last occurrence), or
+        None without a repeat term."""
         return None if self.repeat is None else self.repeat.last_position(items)
 
     def last_attention(self, items: torch.Tensor) -> torch.Tensor:
