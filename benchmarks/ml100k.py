@@ -3,7 +3,8 @@ real train job, every run logged to MLflow; prints test HR@10 and NDCG@10 with 9
 the protocol, and the training time to the best validation epoch.
 
     python benchmarks/ml100k.py                       # the whole table (~30 min, 2 cores)
-    python benchmarks/ml100k.py --losses ce --max-lens 50 --include-seen
+    python benchmarks/ml100k.py --losses ce --max-lens 50 --include-seen --target-valid 0.0751
+    python benchmarks/ml100k.py --losses ce --max-lens 200 --set seed=1 repeat_bias=false
 
 Needs ../shared/datasets/ml-100k (it says so and exits when absent). The dataset is
 prepared with no filtering and the leave-one-out split into data/prepared/ml-100k.
@@ -46,6 +47,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     from pipelines.prepare import PrepareConfig
     from pipelines.prepare import run as prepare
+    from pipelines.sweep import parse_value
     from pipelines.train import TrainJobConfig
     from pipelines.train import run as train
     from recsys.config import from_dict
@@ -65,7 +67,7 @@ def main() -> None:
             **spec,
         }
         for key, value in extra.items():
-            values[key] = type(getattr(TrainJobConfig(data=""), key))(value)
+            values[key] = parse_value(key, value)
         cfg = from_dict(TrainJobConfig, values, source="benchmark")
         out = train(cfg)
         rows.append((spec, out))

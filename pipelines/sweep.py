@@ -45,7 +45,7 @@ class SweepConfig:
     progress: bool = False
 
 
-def _typed(name: str, raw: str) -> Any:
+def parse_value(name: str, raw: str) -> Any:
     """``raw`` converted to the type of TrainJobConfig's field ``name``."""
     hints = typing.get_type_hints(TrainJobConfig)
     if name not in hints or name in FIXED:
@@ -76,7 +76,7 @@ def parse_pairs(items: list[str], many: bool) -> dict[str, list[Any]]:
             raise ValueError(f"{item!r}: expected name=value{',value...' if many else ''}")
         name = name.strip().replace("-", "_")
         raw = values.split(",") if many else [values]
-        out[name] = [_typed(name, v.strip()) for v in raw]
+        out[name] = [parse_value(name, v.strip()) for v in raw]
     return out
 
 
