@@ -150,7 +150,7 @@ class RepeatBias(nn.Module):
         return self.add_dense(zeros, inputs)
 
     def last_position(self, history: torch.Tensor) -> torch.Tensor:
-        """Offsets (B, H) of each history item (B, H) when ranking after its last position.
+        """Offsets (B, H) of each history item (B, H) when ranking what comes after it all.
 
         ``history`` is left-padded with 0, most recent item last, and may be longer than
         the model's window. The value sits at each item's last occurrence and is 0 at

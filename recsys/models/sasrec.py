@@ -3,7 +3,8 @@
 Reads top to bottom: the config, the blocks, the model. Sequences are left-padded with
 item 0, so the most recent item is always at position T-1; the user's representation is
 the last position's hidden state, and an item's score is its dot product with it (item
-embeddings are shared between input and output).
+embeddings are shared between input and output), plus, with ``repeat_bias``, a learned
+offset for items already in the history (:mod:`recsys.models.repeat`).
 """
 
 from __future__ import annotations
