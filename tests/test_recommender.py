@@ -12,7 +12,10 @@ from recsys.retrieval.index import IndexConfig, ItemIndex
 def fitted(tmp_path_factory):
     root = tmp_path_factory.mktemp("rec")
     data = make_prepared(root / "d", successor_sequences(300, 40))
-    rec = Recommender(epochs=25, max_len=16, d_model=32, progress=False, loss="ce", lr=1e-2)
+    # The paper's model (no repeat term); fitted_repeat below covers the default.
+    rec = Recommender(
+        epochs=25, max_len=16, d_model=32, progress=False, loss="ce", lr=1e-2, repeat_bias=False
+    )
     return rec.fit(data, output=root / "bundle")
 
 
