@@ -8,15 +8,24 @@ from recsys.recommender import NotFittedError
 from recsys.retrieval.index import IndexConfig, ItemIndex
 
 
-@pytest.fixture(scope="module")
-def fitted(tmp_path_factory):
-    root = tmp_path_factory.mktemp("rec")
+def fit_successors(root, repeat_bias: bool) -> Recommender:
     data = make_prepared(root / "d", successor_sequences(300, 40))
-    # The paper's model (no repeat term); fitted_repeat below covers the default.
     rec = Recommender(
-        epochs=25, max_len=16, d_model=32, progress=False, loss="ce", lr=1e-2, repeat_bias=False
+        epochs=25,
+        max_len=16,
+        d_model=32,
+        progress=False,
+        loss="ce",
+        lr=1e-2,
+        repeat_bias=repeat_bias,
     )
     return rec.fit(data, output=root / "bundle")
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    # The paper's model (no repeat term); fitted_repeat below covers the default.
+    return fit_successors(tmp_path_factory.mktemp("rec"), repeat_bias=False)
 
 
 def test_fit_returns_self_and_sets_learned_state(fitted):
@@ -101,12 +110,7 @@ def test_load_from_bundle_folder(fitted):
 
 @pytest.fixture(scope="module")
 def fitted_repeat(tmp_path_factory):
-    root = tmp_path_factory.mktemp("rep")
-    data = make_prepared(root / "d", successor_sequences(300, 40))
-    rec = Recommender(
-        epochs=25, max_len=16, d_model=32, progress=False, loss="ce", lr=1e-2, repeat_bias=True
-    )
-    return rec.fit(data, output=root / "bundle")
+    return fit_successors(tmp_path_factory.mktemp("rep"), repeat_bias=True)
 
 
 def test_repeat_term_learns_that_nobody_repeats(fitted_repeat):
