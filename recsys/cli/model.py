@@ -81,7 +81,12 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         type=int,
         help="negatives for sampled-softmax/gbce (default 256)",
     )
-    a("--patience", type=int, help="validations without improvement to stop (default 10)")
+    a(
+        "--patience",
+        type=int,
+        help="validations without improvement to stop (default 10; gbce sits at the "
+        "popularity level for dozens of epochs on small data: give it ~60)",
+    )
     a("--eval-every", dest="eval_every", type=int, help="epochs between validations (default 1)")
     a("--seed", type=int, help="random seed (default 0)")
     a("--threads", type=int, help="torch threads (default: all available cores)")
