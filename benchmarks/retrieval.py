@@ -83,16 +83,11 @@ def main() -> None:
     p.add_argument("--skip-synthetic", action="store_true")
     args = p.parse_args()
     if args.bundle:
-        import torch
-
         from recsys.bundle import load_bundle
-        from recsys.data.dataset import pad_left
+        from recsys.scoring import user_vectors
 
         b = load_bundle(args.bundle)
-        flat, offsets = b.histories()
-        inputs = torch.from_numpy(pad_left(flat, offsets[:-1], offsets[1:], b.scorer.max_len))
-        with torch.no_grad():
-            users = b.scorer.user_vectors(inputs).numpy()
+        users = user_vectors(b, *b.histories()).numpy()
         compare(f"bundle {args.bundle}", b.scorer.item_vectors().numpy(), users)
     if not args.skip_synthetic:
         vecs = clustered(args.items + 1 + args.queries, 64, seed=0)

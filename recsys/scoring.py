@@ -21,7 +21,16 @@ RESULT_SCHEMA = {"user_id": pl.String, "rank": pl.Int32, "item_id": pl.String, "
 
 def user_vectors(bundle: Bundle, flat: np.ndarray, offsets: np.ndarray) -> torch.Tensor:
     """(B, d) user vectors of B histories ``flat[offsets[b]:offsets[b + 1]]``."""
-    return _vectors_and_offsets(bundle, flat, offsets)[0]
+    inputs = pad_left(flat, offsets[:-1], offsets[1:], bundle.scorer.max_len)
+    with torch.no_grad():
+        return bundle.scorer.user_vectors(torch.from_numpy(inputs))
+
+
+def whole_histories(flat: np.ndarray, offsets: np.ndarray) -> torch.Tensor:
+    """(B, H) the B histories in full, left-padded with 0 to the longest (most recent last):
+    what exclusion and the repeat term read, beyond the model's window."""
+    start, stop = offsets[:-1], offsets[1:]
+    return torch.from_numpy(pad_left(flat, start, stop, int((stop - start).max(initial=1))))
 
 
 def score_items(
@@ -29,26 +38,14 @@ def score_items(
 ) -> np.ndarray:
     """Scores (B, C) of given items (B, C) for B histories, as the ranking sees them (the
     dot product plus the model's repeat term, if any)."""
-    users, history, values = _vectors_and_offsets(bundle, flat, offsets)
+    users = user_vectors(bundle, flat, offsets)
     cands = torch.from_numpy(items)
     scores = (users[:, None, :] * bundle.scorer.item_vectors()[cands]).sum(-1)  # (B, C)
+    history = whole_histories(flat, offsets)
+    values = bundle.scorer.history_offsets(history)
     if values is not None:
         scores = scores + offsets_of((history, values), cands)
     return scores.numpy()
-
-
-def _vectors_and_offsets(
-    bundle: Bundle, flat: np.ndarray, offsets: np.ndarray
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """User vectors (B, d), the whole histories left-padded (B, H), and the repeat term's
-    offsets of those history positions (B, H) or None."""
-    start, stop = offsets[:-1], offsets[1:]
-    inputs = pad_left(flat, start, stop, bundle.scorer.max_len)
-    history = torch.from_numpy(pad_left(flat, start, stop, int((stop - start).max(initial=1))))
-    with torch.no_grad():
-        users = bundle.scorer.user_vectors(torch.from_numpy(inputs))
-        values = bundle.scorer.history_offsets(history)
-    return users, history, values
 
 
 def score_chunk(
@@ -75,17 +72,19 @@ def score_chunk(
     exclude : ndarray (B, H), optional
         More item indices per row never to return (0 = none).
     """
-    users, history, values = _vectors_and_offsets(bundle, flat, offsets)
+    users = user_vectors(bundle, flat, offsets)
+    history = whole_histories(flat, offsets)
     hist = history.numpy()
-    parts = [hist] if exclude_seen else []
-    if exclude is not None:
-        parts.append(exclude)
-    if exclude_seen or values is None:
+    extra = [] if exclude is None else [exclude]
+    # History items are excluded or scored as dot products, unless a repeat term moves them.
+    values = None if exclude_seen else bundle.scorer.history_offsets(history)
+    if values is None:
+        parts = [hist, *extra] if exclude_seen else extra
         ex = np.concatenate(parts, axis=1) if parts else None
         return bundle.index.search(users.numpy(), k, ex)
-    # The repeat term moves history items off the dot-product order: search the index
-    # without them, score each one exactly (once, at its last occurrence), and merge.
-    items, scores = bundle.index.search(users.numpy(), k, np.concatenate([hist, *parts], axis=1))
+    # Search the index without the history, score each history item exactly (once, at its
+    # last occurrence, with its offset), and merge the two lists.
+    items, scores = bundle.index.search(users.numpy(), k, np.concatenate([hist, *extra], axis=1))
     rows, cols = last_occurrence(history).nonzero(as_tuple=True)
     own = np.full(hist.shape, -np.inf, dtype=np.float32)
     vecs = bundle.scorer.item_vectors()[history[rows, cols]]  # (n, d)

@@ -48,8 +48,9 @@ class Scorer(Protocol):
         """(num_items + 1, d) item vectors; row 0 is padding."""
         ...
 
-    def history_offsets(self, inputs: torch.Tensor) -> torch.Tensor | None:
-        """Score offsets (B, max_len) of the input items, or None (scores are dot products)."""
+    def history_offsets(self, history: torch.Tensor) -> torch.Tensor | None:
+        """Score offsets (B, H) of whole left-padded histories (B, H), or None (scores are
+        dot products)."""
         ...
 
 
@@ -201,16 +202,13 @@ def evaluate(
         sl = slice(lo, lo + cfg.batch_users)
         start, stop, tstop = st.hist_start[sl], st.hist_stop[sl], st.target_stop[sl]
         users = scorer.user_vectors(input_batch(data.items, start, stop, scorer.max_len))
-        # A repeat term reads the whole history, also what the model's window left out.
+        # Exclusion and a repeat term read the whole history, beyond the model's window.
         history = torch.from_numpy(pad_left(data.items, start, stop, int((stop - start).max())))
         values = scorer.history_offsets(history)
         offsets = None if values is None else (history, values)
         targets = torch.from_numpy(ragged_to_padded(*gather_ragged(data.items, stop, tstop)))
         if cfg.protocol == "full":
-            exclude = None
-            if cfg.exclude_seen:
-                hist = torch.from_numpy(ragged_to_padded(*gather_ragged(data.items, start, stop)))
-                exclude = drop_targets(hist, targets)
+            exclude = drop_targets(history, targets) if cfg.exclude_seen else None
             ranks, top, _ = rank_and_top_k(users, item_vecs, targets, max_k, exclude, offsets)
             for k in cfg.ks:
                 covered[k][top[:, :k].numpy().ravel()] = True

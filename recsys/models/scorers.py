@@ -29,9 +29,9 @@ class SASRecScorer:
         return self.model.output_items().detach()
 
     @torch.no_grad()
-    def history_offsets(self, inputs: torch.Tensor) -> torch.Tensor | None:
-        """(B, T) score offsets of the input items (the repeat term), or None."""
-        return self.model.history_offsets(inputs)
+    def history_offsets(self, history: torch.Tensor) -> torch.Tensor | None:
+        """(B, H) score offsets of whole left-padded histories (the repeat term), or None."""
+        return self.model.history_offsets(history)
 
 
 class MostPopular:
@@ -50,6 +50,6 @@ class MostPopular:
         """(num_items + 1, 1) training counts."""
         return self.counts
 
-    def history_offsets(self, inputs: torch.Tensor) -> None:
+    def history_offsets(self, history: torch.Tensor) -> None:
         """None: the history does not change the scores."""
         return None
