@@ -48,7 +48,7 @@ def test_dense_and_last_position_agree_with_candidate_offsets():
     every = torch.arange(0, 8).expand(4, 12, 8)
     cand = rb(inputs, every)
     assert torch.allclose(cand, brute(rb.weight.detach(), inputs, every))
-    assert torch.allclose(rb.dense(inputs, 7), cand)
+    assert torch.allclose(rb.add_dense(torch.zeros(4, 12, 8), inputs), cand)
     # At the last position, each item's offset sits once, at its last occurrence.
     last = rb.last_position(inputs)
     per_item = torch.zeros(4, 8).scatter_add(1, inputs, last)
@@ -59,7 +59,7 @@ def test_dense_and_last_position_agree_with_candidate_offsets():
 def test_gradients_reach_the_weights():
     rb = RepeatBias(max_len=1000)
     inputs = torch.tensor([[1, 2, 1]])
-    rb.dense(inputs, 3).sum().backward()
+    rb.add_dense(torch.zeros(1, 3, 4), inputs).sum().backward()
     assert rb.raw.grad is not None and rb.raw.grad.abs().sum() > 0
 
 
@@ -78,7 +78,7 @@ def test_every_path_gives_the_same_offsets_and_gradients():
         elif path == "per-sequence":
             out = rb(inputs, every[:, :1])
         elif path == "dense":
-            out = rb.dense(inputs, 9)
+            out = rb.add_dense(torch.zeros(3, 10, 10), inputs)
         else:
             logits = torch.ones(int(real.sum()), 10)
             flat = rb.add_dense(logits, inputs, real) - 1.0  # (N, 10), real positions

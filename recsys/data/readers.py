@@ -165,12 +165,12 @@ def read_table(
     p = _check_file(path)
     if fmt == "parquet":
         lf = pl.scan_parquet(p).with_row_index("row_nr")
-        source = Source(p, 0)
+        header_lines = 0
     elif fmt == "csv":
         sep = "\t" if p.suffix == ".tsv" else separator
         id_cols = {columns.user: pl.String, columns.item: pl.String}
         lf = pl.scan_csv(p, separator=sep, schema_overrides=id_cols, row_index_name="row_nr")
-        source = Source(p, 1)
+        header_lines = 1
     else:
         raise ValueError(f"format {fmt!r} is not a table format; expected 'csv' or 'parquet'")
     available = lf.collect_schema().names()
@@ -185,9 +185,8 @@ def read_table(
     if columns.rating is not None and columns.rating in available:
         wanted[columns.rating] = "rating"
     lf = lf.select("row_nr", *wanted).rename(wanted)
-    if fmt == "parquet":
-        source = Source(p, 0, tuple((canon, src) for src, canon in wanted.items()))
-    return lf, source
+    parquet_columns = tuple((canon, src) for src, canon in wanted.items())
+    return lf, Source(p, header_lines, parquet_columns if fmt == "parquet" else ())
 
 
 def read_sasrec(path: str | Path) -> tuple[pl.LazyFrame, Source]:

@@ -143,12 +143,6 @@ class RepeatBias(nn.Module):
             index = (row[b, t],)
         return logits.index_put((*index, inputs[b, s]), values[b, t, s], accumulate=True)
 
-    def dense(self, inputs: torch.Tensor, num_items: int) -> torch.Tensor:
-        """Offsets (B, T, num_items + 1) of every item at every position."""
-        B, T = inputs.shape
-        zeros = torch.zeros(B, T, num_items + 1, dtype=self.weight.dtype, device=inputs.device)
-        return self.add_dense(zeros, inputs)
-
     def last_position(self, history: torch.Tensor) -> torch.Tensor:
         """Offsets (B, H) of each history item (B, H) when ranking what comes after it all.
 
@@ -171,6 +165,12 @@ class BatchOffsets:
     def of(self, cands: torch.Tensor) -> torch.Tensor:
         """Offsets (B, T, C) of candidates (B, T, C) or (B, 1, C)."""
         return self.repeat(self.inputs, cands)
+
+    def of_real(self, cands: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """Offsets (N, C) of candidates (N, C) given for the N real positions (B, T) only."""
+        full = torch.zeros(*real.shape, cands.shape[-1], dtype=cands.dtype)
+        full[real] = cands
+        return self.of(full)[real]
 
     def add_to(self, logits: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         """(N, num_items + 1) logits of the real positions (B, T), plus every offset."""

@@ -48,17 +48,6 @@ def ce_loss(
     return F.cross_entropy(logits, targets[real])
 
 
-def _real_offsets(
-    offsets: BatchOffsets | None, real: torch.Tensor, cands: torch.Tensor
-) -> torch.Tensor | float:
-    """Offsets (N, C) of candidates (N, C) given at the real positions (B, T) only."""
-    if offsets is None:
-        return 0.0
-    full = torch.zeros(*real.shape, cands.shape[-1], dtype=cands.dtype)
-    full[real] = cands
-    return offsets.of(full)[real]
-
-
 def bce_loss(
     h: torch.Tensor,
     targets: torch.Tensor,
@@ -69,10 +58,10 @@ def bce_loss(
     real = targets != 0
     h, flat = h[real], targets[real]  # (N, d), (N,)
     neg = torch.randint(1, items.shape[0], flat.shape, generator=gen)  # (N,)
-    off = _real_offsets(offsets, real, torch.stack([flat, neg], -1))  # (N, 2)
     pos_logit = (h * F.embedding(flat, items)).sum(-1)  # (N,)
     neg_logit = (h * F.embedding(neg, items)).sum(-1)  # (N,)
     if offsets is not None:
+        off = offsets.of_real(torch.stack([flat, neg], -1), real)  # (N, 2)
         pos_logit, neg_logit = pos_logit + off[:, 0], neg_logit + off[:, 1]
     hit = (neg != flat).float()
     return (-F.logsigmoid(pos_logit) - F.logsigmoid(-neg_logit) * hit).mean()
@@ -139,7 +128,7 @@ def gbce_loss(
         negs = (h @ F.embedding(pool, items).T).gather(1, pick)  # (N, k)
         pos = (h * F.embedding(flat, items)).sum(-1)  # (N,)
         if offsets is not None:
-            off = _real_offsets(offsets, real, torch.cat([flat[:, None], neg], -1))
+            off = offsets.of_real(torch.cat([flat[:, None], neg], -1), real)
             pos, negs = pos + off[:, 0], negs + off[:, 1:]  # (N,), (N, k)
     alpha = k / max(num_items - 1, 1)
     beta = alpha * (t * (1 - 1 / alpha) + 1 / alpha)
