@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from recsys.config import to_dict
-from recsys.data.prepare import prepare_dataset
+from recsys.data.prepare import check_prepared_output, prepare_dataset
 from recsys.data.readers import Columns, read_interactions, read_items
+from recsys.io import name_from_text, safe_name
 
 
 @dataclass
@@ -41,6 +42,8 @@ class PrepareConfig:
 def dataset_name(path: str | Path) -> str:
     """Name a dataset after its file: MovieLens files by their folder (``ml-100k``).
 
+    Characters that are not safe in a path or an MLflow name become ``-``.
+
     Parameters
     ----------
     path : str or Path
@@ -53,8 +56,8 @@ def dataset_name(path: str | Path) -> str:
     """
     p = Path(path)
     if p.name in ("u.data", "ratings.dat", "ratings.csv") and p.parent.name:
-        return p.parent.name
-    return p.stem
+        return name_from_text(p.parent.name)
+    return name_from_text(p.stem)
 
 
 def run(config: PrepareConfig) -> dict[str, Any]:
@@ -70,13 +73,17 @@ def run(config: PrepareConfig) -> dict[str, Any]:
     dict
         The written manifest.
     """
+    # Checked before the (possibly long) read; prepare_dataset checks again.
+    name = safe_name(config.name, "--name") if config.name else dataset_name(config.input)
+    inputs = [p for p in (config.input, config.items) if p]
+    check_prepared_output(config.output, inputs)
     columns = Columns(config.user_col, config.item_col, config.time_col, config.rating_col)
     events = read_interactions(config.input, config.format, columns, config.separator)
     items = read_items(config.items) if config.items else None
     return prepare_dataset(
         events,
         config.output,
-        name=config.name or dataset_name(config.input),
+        name=name,
         min_rating=config.min_rating,
         repeats=config.repeats,
         k_core=config.k_core,
@@ -85,7 +92,7 @@ def run(config: PrepareConfig) -> dict[str, Any]:
         valid_cutoff=config.valid_cutoff,
         test_cutoff=config.test_cutoff,
         items=items,
-        inputs=[p for p in (config.input, config.items) if p],
+        inputs=inputs,
         config=to_dict(config),
     )
 

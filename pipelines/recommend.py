@@ -4,8 +4,13 @@ Run it as ``recsys recommend --model MODEL --users all --k 100 --output DIR``. U
 scored in fixed-size chunks through :func:`recsys.scoring.score_chunk`, one Parquet part
 per chunk (``part-00000.parquet``, ...), each written atomically, so memory stays flat
 whatever the number of users. A killed job re-run with the same arguments skips the parts
-already written and ends with exactly one list per user. ``manifest.json``, written last,
-records the model, K and the counts.
+already written and ends with exactly one list per user.
+
+The output folder holds Parquet files only, so that pandas, polars and pyarrow read the
+folder itself as one table: the parts, ``_job.parquet`` (written first: the job's
+arguments, to refuse a resume with other ones) and ``_manifest.parquet`` (written last:
+model, K, counts). Both are empty tables of the parts' schema whose JSON sits in the
+Parquet key-value metadata; :func:`read_manifest` reads it.
 """
 
 from __future__ import annotations
@@ -19,14 +24,18 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from recsys.bundle import Bundle, load_bundle, resolve_model
 from recsys.data.dataset import gather_ragged
-from recsys.io import atomic_file, sha256_file, write_json
+from recsys.io import atomic_file, check_output_folder, remove_stale_temporaries, sha256_file
 from recsys.scoring import RESULT_SCHEMA, results_frame, score_chunk
 
 log = logging.getLogger(__name__)
+
+JOB, MANIFEST = "_job.parquet", "_manifest.parquet"
+META_KEY = b"recsys"  # the Parquet key-value metadata entry holding the JSON
 
 
 @dataclass
@@ -63,7 +72,45 @@ def read_user_ids(path: str | Path) -> list[str]:
             row = int(ids.is_null().arg_true()[0])
             raise ValueError(f"{str(p)!r}, row {row + 1}: empty user_id")
         return ids.to_list()
-    return [line.strip() for line in p.read_text().splitlines() if line.strip()]
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(
+            f"users file {str(p)!r} is not UTF-8 text; expected a user ID per line"
+        ) from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _write_meta(path: Path, doc: dict[str, Any]) -> None:
+    """An empty table of the parts' schema carrying ``doc`` as JSON metadata, atomically."""
+    table = pl.DataFrame(schema=RESULT_SCHEMA).to_arrow()
+    table = table.replace_schema_metadata({META_KEY: json.dumps(doc)})
+    with atomic_file(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def _read_meta(path: Path) -> dict[str, Any] | None:
+    """The JSON written by :func:`_write_meta`, or None if ``path`` holds none of ours."""
+    try:
+        meta = pq.read_schema(path).metadata or {}
+        doc = json.loads(meta[META_KEY])
+    except (OSError, KeyError, ValueError):  # pyarrow's ArrowInvalid is a ValueError
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def read_manifest(output: str | Path) -> dict[str, Any]:
+    """The manifest of a finished batch job's output folder.
+
+    Raises
+    ------
+    ValueError
+        If the folder holds no finished job's output.
+    """
+    doc = _read_meta(Path(output) / MANIFEST)
+    if doc is None:
+        raise ValueError(f"{str(output)!r} holds no finished recommend job's output")
+    return doc
 
 
 def _users(bundle: Bundle, spec: str) -> tuple[np.ndarray, np.ndarray]:
@@ -72,6 +119,8 @@ def _users(bundle: Bundle, spec: str) -> tuple[np.ndarray, np.ndarray]:
     if spec == "all":
         return vocab["user_idx"].to_numpy().astype(np.int64), vocab["user_id"].to_numpy()
     ids = pl.Series("user_id", read_user_ids(spec), dtype=pl.String)
+    if ids.is_empty():
+        raise ValueError(f"users file {spec!r} lists no user ID; expected one or more")
     dup = ids.filter(ids.is_duplicated()).unique().to_list()
     if dup:
         raise ValueError(f"users file {spec!r} lists user(s) twice, e.g. {dup[:5]}")
@@ -86,11 +135,17 @@ def _users(bundle: Bundle, spec: str) -> tuple[np.ndarray, np.ndarray]:
 
 def run(cfg: RecommendConfig) -> dict[str, Any]:
     """Write (or finish writing) the recommendations; return the manifest."""
+    out = Path(cfg.output)
+    check_output_folder(
+        out,
+        kind="the output of a recommend job",
+        owned=("part-*.parquet", JOB, MANIFEST),
+        is_ours=lambda p: _read_meta(p / JOB) is not None,
+    )
     bundle = load_bundle(resolve_model(cfg.model, cfg.tracking_uri))
     if cfg.k > bundle.num_items:
         raise ValueError(f"k={cfg.k} exceeds the catalogue size {bundle.num_items}")
     users, raw_ids = _users(bundle, cfg.users)
-    out = Path(cfg.output)
     job = {
         "model": cfg.model,
         "weights_sha256": sha256_file(bundle.path / "weights.pt"),
@@ -100,18 +155,17 @@ def run(cfg: RecommendConfig) -> dict[str, Any]:
         "include_seen": cfg.include_seen,
         "chunk_users": cfg.chunk_users,
     }
-    job_path = out / "job.json"
-    if job_path.is_file():
-        previous = json.loads(job_path.read_text())
+    if (out / JOB).is_file():
+        previous = _read_meta(out / JOB)
         if previous != job:
             raise ValueError(
                 f"{str(out)!r} holds the output of another job ({previous}); resume only "
                 "with the same arguments, or write to another --output"
             )
-    elif out.exists() and any(out.iterdir()):
-        raise ValueError(f"{str(out)!r} exists and is not the output of a recommend job")
     out.mkdir(parents=True, exist_ok=True)
-    write_json(job_path, job)
+    remove_stale_temporaries(out)  # parts a killed run was writing
+    (out / MANIFEST).unlink(missing_ok=True)  # the job is not finished until rewritten
+    _write_meta(out / JOB, job)
 
     flat, offsets = bundle.histories()
     chunks = range(0, len(users), cfg.chunk_users)
@@ -142,6 +196,6 @@ def run(cfg: RecommendConfig) -> dict[str, Any]:
         "dataset": bundle.dataset,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    write_json(out / "manifest.json", manifest)
+    _write_meta(out / MANIFEST, manifest)
     log.info("%d recommendations for %d users in %s", rows, len(users), out)
     return manifest

@@ -24,6 +24,7 @@ from recsys.bundle import ARTIFACT_PATH, save_bundle
 from recsys.config import to_dict
 from recsys.data.dataset import SequenceData
 from recsys.evaluation.evaluate import EvalConfig, Scorer, evaluate
+from recsys.io import check_output_folder, json_has_keys, read_json, safe_name, write_json
 from recsys.models.sasrec import SASRecConfig
 from recsys.models.scorers import MostPopular, SASRecScorer
 from recsys.tracking import (
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 
 # Best validation NDCG@10 per second of training on ml-100k (benchmarks/ml100k.py).
 DEFAULT_LOSS = "sampled-softmax"
+RUN_MARKER = "run.json"  # marks a run folder as ours; records the run id and its status
+RUN_FILES = (RUN_MARKER, "checkpoints/best.pt", "checkpoints/last.pt", "bundle/*")
 
 
 @dataclass
@@ -176,18 +179,67 @@ def _log_model(bundle: Path, name: str) -> str:
     return f"models:/{name}/{info.registered_model_version}"
 
 
+def check_run_folder(out: Path, resume: bool) -> dict[str, Any] | None:
+    """Refuse a run folder that is not ours; return its ``run.json`` (None when new).
+
+    With ``resume`` the folder must hold an interrupted run (``checkpoints/last.pt``) or a
+    finished one (the caller then has nothing to do).
+    """
+    if resume:
+        marker = out / RUN_MARKER
+        state = read_json(marker, "a training run's record") if marker.is_file() else None
+        if state is not None and state.get("status") == "finished":
+            return state
+        if not (out / "checkpoints" / LAST).is_file():
+            raise ValueError(
+                f"nothing to resume in {str(out)!r}: it holds no interrupted training run "
+                f"(no checkpoints/{LAST}); train without --resume"
+            )
+        return state or {}
+    check_output_folder(
+        out,
+        kind="a training run folder",
+        owned=RUN_FILES,
+        # Run folders of releases before run.json are known by their bundle.
+        is_ours=lambda p: (
+            json_has_keys(p / RUN_MARKER, ("written_by", "status"))
+            or json_has_keys(p / "bundle" / "bundle.json", ("format", "version", "kind"))
+        ),
+    )
+    return None
+
+
 def run(cfg: TrainJobConfig) -> dict[str, Any]:
-    """Train, evaluate and log one model; return a summary (run id, metrics, bundle)."""
+    """Train, evaluate and log one model; return a summary (run id, metrics, bundle).
+
+    Resuming (``cfg.resume``) a run that already finished trains nothing and returns
+    the finished run's summary, with ``already_finished`` set.
+    """
     import mlflow
 
+    if cfg.output:
+        previous = check_run_folder(Path(cfg.output), cfg.resume)
+        if previous and previous.get("status") == "finished":
+            log.warning(
+                "%s holds a finished run (%s); nothing to resume",
+                cfg.output,
+                previous.get("run_id"),
+            )
+            return {**previous["summary"], "already_finished": True}
     data = SequenceData.load(cfg.data)
     info = data.dataset_info()
-    experiment = cfg.experiment or info["dataset_name"]
+    experiment = safe_name(cfg.experiment or info["dataset_name"], "experiment name")
+    register_name = safe_name(cfg.register_name or f"recsys-{experiment}", "register name")
+    eval_cfg = EvalConfig(ks=tuple(cfg.eval_ks), exclude_seen=not cfg.include_seen_in_eval)
+    eval_cfg.check(data.num_items)
     setup(experiment, cfg.tracking_uri)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     out = Path(cfg.output or Path("data") / "runs" / f"{experiment}-{stamp}")
+    if not cfg.output:
+        check_run_folder(out, resume=False)
     out.mkdir(parents=True, exist_ok=True)
-    eval_cfg = EvalConfig(ks=tuple(cfg.eval_ks), exclude_seen=not cfg.include_seen_in_eval)
+    marker = {"written_by": "recsys train", "status": "running"}
+    write_json(out / RUN_MARKER, marker)
 
     trainer = make_trainer(cfg, data, eval_cfg, out / "checkpoints")
     run_id = None
@@ -213,6 +265,8 @@ def run(cfg: TrainJobConfig) -> dict[str, Any]:
             }
         )
         mlflow.log_dict(to_dict(cfg), "config.json")
+        marker["run_id"] = active.info.run_id
+        write_json(out / RUN_MARKER, marker)
         if trainer is not None:
             trainer.extra["run_id"] = active.info.run_id
 
@@ -241,7 +295,7 @@ def run(cfg: TrainJobConfig) -> dict[str, Any]:
         bundle = save_bundle(out / "bundle", cfg.model, weights, data, meta)
         log_params(json.loads((bundle / "index.json").read_text()))
         mlflow.log_artifacts(str(bundle), ARTIFACT_PATH)
-        registered = _log_model(bundle, cfg.register_name or f"recsys-{experiment}")
+        registered = _log_model(bundle, register_name)
         if trainer is not None:
             mlflow.log_artifact(str(out / "checkpoints" / BEST), "checkpoints")
             log_learning_curve(fitted.history)
@@ -255,7 +309,7 @@ def run(cfg: TrainJobConfig) -> dict[str, Any]:
         metrics.get("test_hr_at_10", float("nan")),
         protocol_label(eval_cfg.exclude_seen),
     )
-    return {
+    result = {
         "run_id": active.info.run_id,
         "registered_model": registered,
         "experiment": experiment,
@@ -263,5 +317,7 @@ def run(cfg: TrainJobConfig) -> dict[str, Any]:
         "bundle": str(bundle),
         **summary,
         **metrics,
-        "history": fitted.history,
     }
+    # Written last: a later --resume of this folder returns this instead of training.
+    write_json(out / RUN_MARKER, {**marker, "status": "finished", "summary": result})
+    return {**result, "history": fitted.history}

@@ -11,7 +11,9 @@ through :func:`load_bundle`.
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +26,14 @@ import torch
 from recsys.data.dataset import SequenceData, list_column_to_ragged
 from recsys.data.prepare import SEQUENCES_PART
 from recsys.evaluation.evaluate import Scorer
-from recsys.io import atomic_dir
+from recsys.io import (
+    atomic_dir,
+    check_output_folder,
+    json_has_keys,
+    read_json,
+    sha256_file,
+    verify_files,
+)
 from recsys.models.sasrec import SASRec, SASRecConfig
 from recsys.models.scorers import MostPopular, SASRecScorer
 from recsys.retrieval.index import IndexConfig, ItemIndex
@@ -33,6 +42,16 @@ FORMAT = "recsys-bundle"
 VERSION = 1
 MODEL_KINDS = ("sasrec", "most-popular")
 ARTIFACT_PATH = "bundle"  # where a training run logs the bundle in MLflow
+# Every file of a bundle besides bundle.json, which records their checksums.
+FILES = (
+    "weights.pt",
+    "vocab_items.parquet",
+    "vocab_users.parquet",
+    "histories.parquet",
+    "items.faiss",
+    "index.json",
+)
+REDO = "the model bundle is damaged: train it again or load another copy"
 
 
 @dataclass
@@ -112,10 +131,15 @@ def save_bundle(
     """
     if kind not in MODEL_KINDS:
         raise ValueError(f"model kind {kind!r} is unknown; expected one of {MODEL_KINDS}")
+    check_output_folder(
+        path,
+        kind="a model bundle",
+        owned=("bundle.json", *FILES),
+        is_ours=lambda p: json_has_keys(p / "bundle.json", ("format", "version", "kind")),
+    )
     doc = {"format": FORMAT, "version": VERSION, "kind": kind, "dataset": data.dataset_info()}
     doc.update(meta)
     with atomic_dir(path) as tmp:
-        (tmp / "bundle.json").write_text(json.dumps(doc, indent=2, default=str))
         torch.save(weights, tmp / "weights.pt")
         for name in ("vocab_items.parquet", "vocab_users.parquet"):
             shutil.copyfile(data.path / name, tmp / name)
@@ -124,6 +148,8 @@ def save_bundle(
         )
         scorer = _scorer(kind, doc, weights)
         ItemIndex(scorer.item_vectors().numpy(), index).save(tmp)
+        doc["files"] = {name: {"sha256": sha256_file(tmp / name)} for name in FILES}
+        (tmp / "bundle.json").write_text(json.dumps(doc, indent=2, default=str))
     return Path(path)
 
 
@@ -136,31 +162,66 @@ def _scorer(kind: str, meta: dict[str, Any], weights: dict[str, torch.Tensor]) -
 
 
 def load_bundle(path: str | Path) -> Bundle:
-    """Load a bundle folder written by :func:`save_bundle`.
+    """Load a bundle folder written by :func:`save_bundle`, verifying its files' checksums.
 
     Raises
     ------
     ValueError
-        If ``path`` is not a bundle or has another format version.
+        If ``path`` is not a bundle, has another format version, or a file is missing,
+        differs from its checksum or cannot be read; one line naming the file.
     """
     path = Path(path)
     doc_path = path / "bundle.json"
     if not doc_path.is_file():
         raise ValueError(f"{str(path)!r} is not a model bundle: no bundle.json")
-    meta = json.loads(doc_path.read_text())
-    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+    meta = read_json(doc_path, f"a model bundle's description; {REDO}")
+    if not isinstance(meta, dict) or (meta.get("format"), meta.get("version")) != (
+        FORMAT,
+        VERSION,
+    ):
+        found = (meta.get("format"), meta.get("version")) if isinstance(meta, dict) else None
         raise ValueError(
-            f"{str(doc_path)!r}: format {meta.get('format')!r} version {meta.get('version')!r}; "
-            f"expected {FORMAT!r} version {VERSION}"
+            f"{str(doc_path)!r}: format and version {found!r}; expected {FORMAT!r} version "
+            f"{VERSION}"
         )
-    weights = torch.load(path / "weights.pt", weights_only=True)
+    if meta.get("kind") not in MODEL_KINDS:
+        raise ValueError(f"{str(doc_path)!r}: model kind {meta.get('kind')!r} is unknown; {REDO}")
+    if "files" in meta:
+        verify_files(path, meta["files"], REDO)
+    else:
+        warnings.warn(
+            f"bundle {str(path)!r} was written by an older recsys and has no checksums; "
+            "its files are not verified",
+            stacklevel=2,
+        )
+    try:
+        weights = torch.load(path / "weights.pt", weights_only=True)
+        scorer = _scorer(meta["kind"], meta, weights)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, TypeError) as e:
+        # torch's own message advises weights_only=False, which would run arbitrary code.
+        raise ValueError(
+            f"{str(path / 'weights.pt')!r} cannot be read as this bundle's weights "
+            f"({type(e).__name__}); {REDO}"
+        ) from None
+    try:
+        item_vocab = pl.read_parquet(path / "vocab_items.parquet")
+        user_vocab = pl.read_parquet(path / "vocab_users.parquet")
+    except (pl.exceptions.PolarsError, OSError) as e:
+        raise ValueError(f"{str(path)!r}: a vocabulary cannot be read ({e}); {REDO}") from None
+    try:
+        index = ItemIndex.load(path)
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise ValueError(
+            f"{str(path)!r}: the item index (items.faiss, index.json) cannot be read "
+            f"({type(e).__name__}); {REDO}"
+        ) from None
     return Bundle(
         path=path,
         meta=meta,
-        scorer=_scorer(meta["kind"], meta, weights),
-        item_vocab=pl.read_parquet(path / "vocab_items.parquet"),
-        user_vocab=pl.read_parquet(path / "vocab_users.parquet"),
-        index=ItemIndex.load(path),
+        scorer=scorer,
+        item_vocab=item_vocab,
+        user_vocab=user_vocab,
+        index=index,
     )
 
 

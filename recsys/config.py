@@ -87,12 +87,25 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"config file {str(p)!r} does not exist")
-    text = p.read_text()
-    if p.suffix == ".toml":
-        return tomllib.loads(text)
-    if p.suffix == ".json":
-        return json.loads(text)
-    raise ValueError(f"config file {str(p)!r}: expected a .json or .toml file")
+    if p.suffix not in (".toml", ".json"):
+        raise ValueError(f"config file {str(p)!r}: expected a .json or .toml file")
+    try:
+        text = p.read_text(encoding="utf-8")
+        values = tomllib.loads(text) if p.suffix == ".toml" else json.loads(text)
+    except UnicodeDecodeError:
+        raise ValueError(f"config file {str(p)!r} is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as e:
+        # The message already says where: "Expected '=' after a key (at line 3, column 5)".
+        raise ValueError(f"config file {str(p)!r} is not valid TOML: {e}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f"config file {str(p)!r} is not valid JSON: {e.msg} at line {e.lineno}, "
+            f"column {e.colno}"
+        ) from None
+    if not isinstance(values, dict):
+        kind = type(values).__name__
+        raise ValueError(f"config file {str(p)!r}: expected a table of options, got a {kind}")
+    return values
 
 
 def to_dict(config: Any) -> dict[str, Any]:

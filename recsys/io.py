@@ -1,18 +1,35 @@
-"""Atomic writes and checksums: nothing written is lost or half-written."""
+"""Safe outputs: atomic writes, checksums, and the checks that keep a user's files safe.
+
+Rules every job follows (see the README's "Nothing lost"):
+
+* an output folder is replaced only when it holds nothing but our own previous output
+  (:func:`check_output_folder`); anything else is refused with one clear line;
+* everything is written to a temporary sibling ``.NAME.tmp-PID-XXXXXXXX`` and renamed into
+  place (:func:`atomic_dir`, :func:`atomic_file`); a killed job's leftovers are recognised
+  by that pattern and removed by the next run on the same output;
+* text from users that becomes a path, an experiment or a registry name is checked by
+  :func:`safe_name` first.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 _CHUNK = 1 << 20
+# What a temporary sibling of ours looks like: ".NAME.tmp-PID-HEX" (older releases wrote
+# ".NAME.tmp-HEX", without the process id).
+_TMP = re.compile(r"^\.(?P<name>.+)\.tmp-(?:(?P<pid>\d+)-)?[0-9a-f]{8}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -35,8 +52,245 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def quote(value: Any, limit: int = 80) -> str:
+    """``repr`` of ``value``, cut to ``limit`` characters so a huge value stays one short line.
+
+    Examples
+    --------
+    ``quote("x" * 1000, limit=10)`` → ``'xxxxxxxxxx'... (1000 characters)``.
+    """
+    text = str(value)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+def safe_name(value: str, what: str) -> str:
+    """Check a name that becomes part of a path, an MLflow experiment or a registry name.
+
+    Parameters
+    ----------
+    value : str
+        The name.
+    what : str
+        What it names (quoted in the error), e.g. ``"dataset name"``.
+
+    Returns
+    -------
+    str
+        ``value`` unchanged.
+
+    Raises
+    ------
+    ValueError
+        Unless ``value`` is 1-100 letters, digits, ``.``, ``_``, ``+`` or ``-``, starting
+        with a letter or digit.
+    """
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise ValueError(
+            f"{what} {quote(value)} is not allowed: use 1-100 letters, digits, '.', '_', '+' "
+            "or '-', starting with a letter or digit"
+        )
+    return value
+
+
+def name_from_text(text: str) -> str:
+    """A :func:`safe_name` made from arbitrary text (a file stem): other characters → ``-``.
+
+    Examples
+    --------
+    ``name_from_text("my events (2024)")`` → ``"my-events-2024"``.
+    """
+    name = re.sub(r"[^A-Za-z0-9._+-]+", "-", text).strip("-._+")[:100]
+    return name or "dataset"
+
+
 def _tmp_sibling(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, but another user's
+        return True
+    return True
+
+
+def is_temporary(name: str) -> bool:
+    """Whether a file name is one of our temporary siblings (live or stale)."""
+    return _TMP.match(name) is not None
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
+    """Remove temporaries a killed run left in ``folder`` (of output ``name``, or of any).
+
+    A temporary is stale when the process that made it is gone; ours and other live
+    processes' are kept. Only names of our own pattern are touched.
+
+    Returns
+    -------
+    list of Path
+        What was removed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for entry in folder.iterdir():
+        m = _TMP.match(entry.name)
+        if m is None or (name is not None and m["name"] != name):
+            continue
+        pid = m["pid"]
+        if pid is not None and (int(pid) == os.getpid() or _pid_alive(int(pid))):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    return child == parent or parent in child.parents
+
+
+def check_output_folder(
+    path: str | os.PathLike,
+    *,
+    kind: str,
+    owned: Sequence[str],
+    is_ours: Callable[[Path], bool],
+    inputs: Sequence[str | os.PathLike] = (),
+) -> Path:
+    """Refuse an output folder whose replacement could lose anything we did not write.
+
+    Allowed: a path that does not exist yet, an empty folder, or a folder that
+    ``is_ours`` recognises and whose every file matches one of the ``owned`` patterns.
+    Stale temporaries of the output are removed.
+
+    Parameters
+    ----------
+    path : path-like
+        The output folder.
+    kind : str
+        What the folder holds, for messages (``"a prepared dataset"``).
+    owned : sequence of str
+        ``fnmatch`` patterns of the relative paths (``/``-separated) the job writes.
+    is_ours : callable
+        Given the folder, whether its marker file shows our own earlier output.
+    inputs : sequence of path-like
+        The job's input files: the output may not contain any of them.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Raises
+    ------
+    ValueError
+        With one line naming the path and why it is refused.
+    """
+    p = Path(path)
+    if not str(path).strip():
+        raise ValueError("the output path is empty; name a new folder")
+    full = p.resolve()
+    cwd = Path.cwd().resolve()
+    if _inside(cwd, full) or full == Path.home().resolve():
+        raise ValueError(
+            f"output {str(path)!r} is the current folder, your home or one of their parents; "
+            "name a new folder for the output, e.g. 'data/out'"
+        )
+    for inp in inputs:
+        if _inside(Path(inp).resolve(), full):
+            raise ValueError(
+                f"output folder {str(path)!r} contains the input {str(inp)!r}; write the "
+                "output to another folder"
+            )
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"output {str(path)!r} is a file; expected a folder for {kind}")
+    _check_writable_parent(p)
+    remove_stale_temporaries(p.parent, p.name)
+    if not p.is_dir():
+        return p
+    entries = [e for e in p.rglob("*") if not is_temporary(e.name)]
+    if not entries:
+        return p
+    files = [e.relative_to(p).as_posix() for e in entries if not e.is_dir()]
+    foreign = [f for f in files if not any(fnmatch.fnmatchcase(f, pat) for pat in owned)]
+    if foreign or not is_ours(p):
+        shown = ", ".join(repr(f) for f in (foreign or files)[:3])
+        raise ValueError(
+            f"output folder {str(path)!r} already holds files that are not {kind} written by "
+            f"recsys ({shown}); choose a new folder, or empty this one yourself"
+        )
+    return p
+
+
+def _check_writable_parent(p: Path) -> None:
+    # The nearest existing ancestor must be a writable folder, or nothing can be created.
+    ancestor = p.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(f"cannot create {str(p)!r}: {str(ancestor)!r} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot create {str(p)!r}: the folder {str(ancestor)!r} is not writable")
+
+
+def read_json(path: str | os.PathLike, what: str) -> Any:
+    """Parse a JSON file we wrote, turning corruption into one line naming the file.
+
+    Parameters
+    ----------
+    path : path-like
+        The file.
+    what : str
+        What it is and what to do about corruption, e.g. ``"a dataset manifest;
+        prepare the dataset again"``.
+    """
+    p = Path(path)
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f"{str(p)!r} is corrupt: not valid JSON ({e.msg} at line {e.lineno}, column "
+            f"{e.colno}); it should be {what}"
+        ) from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{str(p)!r} is corrupt: not UTF-8 text; it should be {what}") from None
+
+
+def json_has_keys(path: Path, keys: Sequence[str]) -> bool:
+    """Whether ``path`` is a JSON object with all of ``keys`` (a cheap ownership marker)."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and all(k in doc for k in keys)
+
+
+def verify_files(folder: Path, files: dict[str, Any], redo: str) -> None:
+    """Check each ``folder/name`` against the SHA-256 recorded for it (``files[name]["sha256"]``).
+
+    Raises
+    ------
+    ValueError
+        Naming the first file that is missing or differs, and ``redo``: how to recover.
+    """
+    for rel, info in files.items():
+        f = folder / rel
+        if not f.is_file():
+            raise ValueError(f"{str(f)!r} is missing; {redo}")
+        if sha256_file(f) != info["sha256"]:
+            raise ValueError(
+                f"{str(f)!r} does not match the checksum recorded when it was written (it was "
+                f"changed or truncated); {redo}"
+            )
 
 
 @contextlib.contextmanager
@@ -44,7 +298,8 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling folder that replaces ``path`` only if the block succeeds.
 
     A crash or exception inside the block removes the temporary folder and leaves
-    whatever was at ``path`` before untouched.
+    whatever was at ``path`` before untouched. Callers check first (with
+    :func:`check_output_folder`) that ``path`` may be replaced.
 
     Parameters
     ----------
@@ -58,6 +313,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(final.parent, final.name)
     tmp = _tmp_sibling(final)
     tmp.mkdir()
     try:

@@ -88,7 +88,8 @@ def score_chunk(
     rows, cols = last_occurrence(history).nonzero(as_tuple=True)
     own = np.full(hist.shape, -np.inf, dtype=np.float32)
     vecs = bundle.scorer.item_vectors()[history[rows, cols]]  # (n, d)
-    own[rows, cols] = ((users[rows] * vecs).sum(-1) + values[rows, cols]).numpy()
+    # numpy indices, not tensors: numpy reads a one-element tensor index as a scalar.
+    own[rows.numpy(), cols.numpy()] = ((users[rows] * vecs).sum(-1) + values[rows, cols]).numpy()
     if exclude is not None:
         own[(hist[:, :, None] == exclude[:, None, :]).any(-1)] = -np.inf
     cand_items = np.concatenate([items, hist], axis=1)

@@ -45,6 +45,10 @@ def setup(experiment: str, uri: str | None = None) -> str:
     """
     import mlflow
 
+    from recsys.io import safe_name
+
+    # The name becomes part of the experiment's artifact path.
+    safe_name(experiment, "experiment name")
     uri = tracking_uri(uri)
     mlflow.set_tracking_uri(uri)
     if project_run_id():

@@ -85,7 +85,7 @@ def test_killed_job_resumes_to_the_same_output(bundle, tmp_path, monkeypatch):
     )
     with pytest.raises(KeyboardInterrupt):
         job.run(cfg)
-    assert len(list(out.glob("part-*.parquet"))) == 2 and not (out / "manifest.json").exists()
+    assert len(list(out.glob("part-*.parquet"))) == 2 and not (out / job.MANIFEST).exists()
     monkeypatch.setattr(job, "score_chunk", real)
     manifest = job.run(cfg)
     assert manifest["parts_written_by_this_run"] == 3 and manifest["rows"] == 230 * 4

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from recsys.cli import data, experiments, model
+from recsys.errors import TrainingError
 
 log = logging.getLogger("recsys")
 
@@ -66,6 +67,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return args.handler(args)
-    except ValueError as e:
-        print(f"recsys {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except (ValueError, TrainingError) as e:
+        return _fail(args.command, str(e))
+    except OSError as e:
+        # A file that cannot be read or written (permissions, a full disk, a file where a
+        # folder is expected): the path and the system's reason say all the user can act on.
+        where = f" {e.filename!r}" if e.filename else ""
+        return _fail(args.command, f"cannot access{where}: {e.strerror or e}")
+
+
+def _fail(command: str, message: str) -> int:
+    """Print one error line (messages never span lines) and return exit status 2."""
+    line = " ".join(message.split())
+    print(f"recsys {command}: error: {line}", file=sys.stderr)
+    return 2

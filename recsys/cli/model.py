@@ -123,6 +123,8 @@ def _run_train(args: argparse.Namespace) -> int:
     from pipelines.train import TrainJobConfig, run
 
     out = run(build_config(TrainJobConfig, given_flags(args, ["data"])))
+    if out.get("already_finished"):
+        print(f"{args.output}: this run already finished; nothing to resume (its summary:)")
     _print_summary(
         out,
         ["run_id", "experiment", "registered_model", "bundle", "best_epoch", "seconds_to_best"],

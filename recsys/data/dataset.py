@@ -9,7 +9,6 @@ range into the flat array, cut out for many users at once by :func:`gather_ragge
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,9 @@ import numpy as np
 import polars as pl
 
 from recsys.data.prepare import SCHEMA_VERSION, SEQUENCES_PART
+from recsys.io import read_json, safe_name, verify_files
+
+REDO = "prepare the dataset again with `recsys prepare`"
 
 
 def pad_left(values: np.ndarray, start: np.ndarray, stop: np.ndarray, length: int) -> np.ndarray:
@@ -116,12 +118,14 @@ class SequenceData:
 
     @classmethod
     def load(cls, path: str | Path) -> SequenceData:
-        """Load ``path`` (written by ``recsys prepare``), checking its schema version.
+        """Load ``path`` (written by ``recsys prepare``), checking its schema version and
+        every file against the SHA-256 its manifest recorded.
 
         Raises
         ------
         ValueError
-            If the folder or its manifest is missing, or its schema version differs.
+            If the folder or its manifest is missing or corrupt, a file differs from its
+            checksum, or the schema version differs; one line naming the file.
         """
         path = Path(path)
         manifest_path = path / "manifest.json"
@@ -130,12 +134,22 @@ class SequenceData:
                 f"{str(path)!r} is not a prepared dataset: no manifest.json; "
                 "create it with `recsys prepare`"
             )
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("schema_version") != SCHEMA_VERSION:
+        manifest = read_json(manifest_path, f"a dataset manifest; {REDO}")
+        if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
+            found = manifest.get("schema_version") if isinstance(manifest, dict) else None
             raise ValueError(
-                f"{str(manifest_path)!r} has schema_version {manifest.get('schema_version')!r}; "
+                f"{str(manifest_path)!r} has schema_version {found!r}; "
                 f"expected {SCHEMA_VERSION}: prepare the dataset again"
             )
+        missing = [k for k in ("dataset", "num_items", "files", "split") if k not in manifest]
+        files = manifest.get("files")
+        if missing or not isinstance(files, dict) or SEQUENCES_PART not in files:
+            raise ValueError(
+                f"{str(manifest_path)!r} is corrupt: it lacks {missing or ['files']}; {REDO}"
+            )
+        # The name becomes an MLflow experiment and part of run folders' paths.
+        safe_name(manifest["dataset"].get("name"), f"dataset name in {str(manifest_path)!r}")
+        verify_files(path, files, REDO)
         df = pl.read_parquet(path / SEQUENCES_PART)
         users = df["user_idx"].to_numpy()
         # prepare writes users sorted 1..U; everything below indexes by user_idx - 1.

@@ -73,6 +73,17 @@ class EvalConfig:
             raise ValueError(f"ks={self.ks}: expected cut-offs >= 1")
         self.ks = tuple(sorted(set(self.ks)))
 
+    def check(self, num_items: int) -> None:
+        """Raise ``ValueError`` if a cut-off cannot be measured on ``num_items`` items."""
+        limit = num_items if self.protocol == "full" else self.num_sampled + 1
+        bad = [k for k in self.ks if k > limit]
+        if bad:
+            what = "the catalogue size" if self.protocol == "full" else "the sampled list size"
+            raise ValueError(
+                f"eval_ks {bad}: a cut-off K must be from 1 to {what} {limit}, or every "
+                "target would count as a hit"
+            )
+
 
 @dataclass
 class EvalResult:
@@ -189,6 +200,7 @@ def evaluate(
     EvalResult
     """
     cfg = cfg or EvalConfig()
+    cfg.check(data.num_items)
     st = data.stage(stage) if isinstance(stage, str) else stage
     if len(st.users) == 0:
         raise ValueError(f"stage {st.name!r} of {str(data.path)!r} has no users with targets")

@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from recsys.errors import TrainingError
+
 NEG_INF = float("-inf")
 BLOCK_ELEMENTS = 1 << 23  # scores held at once: 32 MB of float32
 
@@ -119,6 +121,11 @@ def rank_and_top_k(
         hi = min(lo + step, num)
         scores = users @ item_vecs[lo:hi].T  # (B, n)
         _add_offsets(scores, offsets, lo, hi)
+        if torch.isnan(scores).any():  # nothing can be ranked; a diverged model
+            raise TrainingError(
+                "the model's scores are NaN (its weights overflowed): it diverged in "
+                "training; train again with a lower learning rate"
+            )
         _mask_excluded(scores, exclude, lo, hi)
         if M:
             s = scores.numpy()[:, None, :]  # (B, 1, n)

@@ -14,6 +14,7 @@ import copy
 import logging
 import math
 import os
+import pickle
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -25,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from recsys.data.dataset import SequenceData
+from recsys.errors import TrainingError
 from recsys.evaluation.evaluate import EvalConfig, evaluate
 from recsys.io import atomic_file
 from recsys.models.sasrec import SASRec, SASRecConfig
@@ -39,8 +41,18 @@ BUCKET_BATCHES = 16  # batches per pool sorted by length (see Trainer._batches)
 BEST = "best.pt"
 
 
-class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. the loss became NaN or infinite)."""
+def _load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        ck = torch.load(path, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
+        # torch's own message advises weights_only=False, which would run arbitrary code.
+        raise ValueError(
+            f"checkpoint {str(path)!r} cannot be read ({type(e).__name__}): it is damaged; "
+            "train again without --resume"
+        ) from None
+    if not isinstance(ck, dict) or "model" not in ck:
+        raise ValueError(f"checkpoint {str(path)!r} is not a recsys training checkpoint")
+    return ck
 
 
 @dataclass
@@ -196,7 +208,7 @@ class Trainer:
         """Load ``last.pt`` (and ``best.pt``) if present; return whether it was."""
         if self.checkpoint_dir is None or not (self.checkpoint_dir / LAST).is_file():
             return False
-        ck = torch.load(self.checkpoint_dir / LAST, weights_only=True)
+        ck = _load_checkpoint(self.checkpoint_dir / LAST)
         if ck["model_cfg"] != asdict(self.model_cfg) or ck["train_cfg"] != asdict(self.cfg):
             raise ValueError(
                 f"checkpoint {str(self.checkpoint_dir / LAST)!r} was written with another "
@@ -211,7 +223,7 @@ class Trainer:
         self.gen.set_state(ck["gen_rng"])
         self.rng.bit_generator.state = ck["np_rng"]
         if (self.checkpoint_dir / BEST).is_file():
-            self.best_state = torch.load(self.checkpoint_dir / BEST, weights_only=True)["model"]
+            self.best_state = _load_checkpoint(self.checkpoint_dir / BEST)["model"]
         log.info("resumed from %s after epoch %d", self.checkpoint_dir / LAST, self.epoch)
         return True
 
@@ -308,7 +320,12 @@ class Trainer:
                 "sequences_per_second": seqs / train_s,
             }
             if self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs:
-                ndcg = evaluate(SASRecScorer(self.model), self.data, "valid", self.eval_cfg)
+                try:
+                    ndcg = evaluate(SASRecScorer(self.model), self.data, "valid", self.eval_cfg)
+                except TrainingError as e:
+                    raise TrainingError(
+                        f"validation after epoch {self.epoch} failed: {e} (lr={cfg.lr})"
+                    ) from e
                 rec["valid_ndcg_at_10"] = ndcg.means["ndcg@10"]
                 rec["valid_hr_at_10"] = ndcg.means["hr@10"]
                 self._track_best(rec["valid_ndcg_at_10"], time.perf_counter() - t0)
