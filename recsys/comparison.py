@@ -21,6 +21,13 @@ import numpy as np
 import polars as pl
 
 IDENTITY = ("dataset_name", "dataset_version", "split")  # params that must agree
+REPORT_FILES = (
+    "comparison.csv",
+    "comparison.md",
+    "comparison.png",
+    "learning_curves.png",
+    "metric_vs_time.png",
+)
 PROTOCOL_TAG = "eval_protocol"
 SKIP_PARAMS = {
     "output",
@@ -252,10 +259,15 @@ def write_report(
     import matplotlib.pyplot as plt
     import mlflow
 
-    from recsys.io import atomic_file
+    from recsys.io import atomic_file, check_output_folder
     from recsys.tracking import tracking_uri as resolve_uri
 
-    folder = Path(folder)
+    folder = check_output_folder(
+        folder,
+        kind="a comparison report",
+        owned=REPORT_FILES,
+        is_ours=lambda p: (p / "comparison.csv").is_file() and (p / "comparison.md").is_file(),
+    )
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_file(folder / "comparison.csv") as tmp:
         table.write_csv(tmp)
@@ -306,16 +318,7 @@ def write_report(
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} vs training time")
     save(fig, "metric_vs_time.png")
-    return [
-        folder / n
-        for n in (
-            "comparison.csv",
-            "comparison.md",
-            "comparison.png",
-            "learning_curves.png",
-            "metric_vs_time.png",
-        )
-    ]
+    return [folder / n for n in REPORT_FILES]
 
 
 def log_report(experiment: str, files: list[Path], metric: str, tracking_uri: str | None) -> str:

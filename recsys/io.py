@@ -231,6 +231,33 @@ def check_output_folder(
     return p
 
 
+def check_output_file(
+    path: str | os.PathLike, *, kind: str, is_ours: Callable[[Path], bool]
+) -> Path:
+    """Refuse an output file that exists and was not written by recsys (``is_ours``).
+
+    Stale temporaries of the file are removed.
+
+    Raises
+    ------
+    ValueError
+        With one line naming the path and why it is refused.
+    """
+    p = Path(path)
+    if not str(path).strip():
+        raise ValueError("the output path is empty; name a new file")
+    if p.is_dir():
+        raise ValueError(f"output {str(path)!r} is a folder; expected a file name for {kind}")
+    _check_writable_parent(p)
+    if p.exists() and not is_ours(p):
+        raise ValueError(
+            f"output {str(path)!r} exists and is not {kind} written by recsys; choose a new "
+            "file name, or remove it yourself"
+        )
+    remove_stale_temporaries(p.parent, p.name)
+    return p
+
+
 def _check_writable_parent(p: Path) -> None:
     # The nearest existing ancestor must be a writable folder, or nothing can be created.
     ancestor = p.absolute().parent

@@ -83,6 +83,14 @@ def test_seeds_do_not_differ_and_crippled_is_worse(experiment, tmp_path, capsys)
     # The comparison run is not itself a run to compare.
     assert recsys.compare("cmp", tracking_uri=experiment).height == 3
     assert (out / "comparison.csv").read_text().startswith("run,run_id")
+    # Our own report is rewritten; a folder holding anything else is refused.
+    args = ["compare", "--experiment", "cmp", "--tracking-uri", experiment, "--no-log"]
+    assert main([*args, "--output", str(out)]) == 0
+    (out / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    assert main([*args, "--output", str(out)]) == 2
+    assert "notes.txt" in capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "mine"
 
 
 def test_runs_on_different_datasets_are_refused(experiment, capsys):

@@ -358,3 +358,18 @@ def test_bad_config_files_are_one_line(tmp_path, capsys):
     assert "c.json' is not valid JSON: Expecting value at line 2, column 12" in one_error_line(
         capsys
     )
+
+
+def test_generate_overwrites_only_its_own_file(tmp_path, capsys):
+    out = tmp_path / "log.parquet"
+    args = ["generate", "--users", "20", "--items", "30", "--interactions", "100"]
+    assert main([*args, "--output", str(out)]) == 0
+    assert main([*args, "--output", str(out), "--seed", "1"]) == 0  # our own: replaced
+    mine = tmp_path / "mine.parquet"
+    pl.DataFrame({"a": [1]}).write_parquet(mine)
+    before = mine.read_bytes()
+    assert main([*args, "--output", str(mine)]) == 2
+    assert "exists and is not a synthetic log written by recsys" in one_error_line(capsys)
+    assert mine.read_bytes() == before
+    assert main([*args, "--output", str(tmp_path)]) == 2
+    assert "is a folder" in one_error_line(capsys)

@@ -13,8 +13,9 @@ within a chunk, so the log is not pre-sorted.
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from recsys.io import atomic_file
+from recsys.io import atomic_file, check_output_file
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +160,16 @@ def _segment_cumsum(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return cum - base
 
 
+MARKER = b"recsys.synthetic"  # Parquet metadata key: the spec a file was generated from
+
+
+def _is_synthetic(path: Path) -> bool:
+    try:
+        return MARKER in (pq.read_schema(path).metadata or {})
+    except (OSError, ValueError):  # not Parquet (pyarrow's ArrowInvalid is a ValueError)
+        return False
+
+
 def generate(spec: SyntheticSpec, output: str | Path) -> dict[str, int]:
     """Write a synthetic log to one Parquet file, chunk by chunk, atomically.
 
@@ -176,6 +187,7 @@ def generate(spec: SyntheticSpec, output: str | Path) -> dict[str, int]:
         ``rows``, ``users``, ``chunks`` written.
     """
     spec.check()
+    check_output_file(output, kind="a synthetic log", is_ours=_is_synthetic)
     rng = np.random.default_rng(spec.seed)
     world = _World(spec, rng)
     lengths = _lengths(spec, rng)
@@ -195,7 +207,8 @@ def generate(spec: SyntheticSpec, output: str | Path) -> dict[str, int]:
             chunk_rng = np.random.default_rng([spec.seed, chunk_no])
             table = _chunk(spec, world, chunk_rng, lo, lengths[lo:hi])
             if writer is None:
-                writer = pq.ParquetWriter(tmp, table.schema)
+                schema = table.schema.with_metadata({MARKER: json.dumps(asdict(spec))})
+                writer = pq.ParquetWriter(tmp, schema)
             writer.write_table(table)
             bar.update(table.num_rows)
             chunks += 1
