@@ -90,7 +90,13 @@ class Bundle:
         User ``u``'s items (time order) are ``flat[offsets[u - 1]:offsets[u]]``.
         """
         if self._histories is None:
-            df = pl.read_parquet(self.path / "histories.parquet")
+            try:
+                df = pl.read_parquet(self.path / "histories.parquet")
+            except (pl.exceptions.PolarsError, OSError) as e:
+                raise ValueError(
+                    f"{str(self.path / 'histories.parquet')!r} cannot be read "
+                    f"({type(e).__name__}); {REDO}"
+                ) from None
             self._histories = list_column_to_ragged(df["item_idx"])
         return self._histories
 
