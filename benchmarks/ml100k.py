@@ -47,10 +47,9 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     from pipelines.prepare import PrepareConfig
     from pipelines.prepare import run as prepare
-    from pipelines.sweep import parse_value
     from pipelines.train import TrainJobConfig
     from pipelines.train import run as train
-    from recsys.config import from_dict
+    from recsys.options import from_flat, parse_value
 
     data = ROOT / "data" / "prepared" / "ml-100k"
     manifest = prepare(PrepareConfig(input=str(SHARED / "u.data"), output=str(data)))
@@ -67,8 +66,8 @@ def main() -> None:
             **spec,
         }
         for key, value in extra.items():
-            values[key] = parse_value(key, value)
-        cfg = from_dict(TrainJobConfig, values, source="benchmark")
+            values[key] = parse_value(TrainJobConfig, key, value)
+        cfg = from_flat(TrainJobConfig, values, source="benchmark")
         out = train(cfg)
         rows.append((spec, out))
         print(_row(spec, out, args.target_valid), flush=True)

@@ -65,7 +65,7 @@ def bench_training(users: int, items: int, steps: int) -> None:
             rates = {}
             for name, (bucketed, repeat) in variants.items():
                 cfg = TrainConfig(loss=loss, epochs=1, batch_size=128, seed=0)
-                mcfg = SASRecConfig(data.num_items, max_len=max_len, repeat_bias=repeat)
+                mcfg = SASRecConfig(num_items=data.num_items, max_len=max_len, repeat_bias=repeat)
                 t = Trainer(mcfg, cfg, data, progress=False)
                 t.data = view
                 if not bucketed:

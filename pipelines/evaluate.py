@@ -6,31 +6,34 @@ Run it as ``recsys evaluate --model MODEL --data DIR``.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 from recsys.bundle import load_bundle, resolve_model
-from recsys.config import to_dict
 from recsys.data.dataset import SequenceData
-from recsys.evaluation.evaluate import EvalConfig, evaluate
-from recsys.tracking import log_eval_result, log_params, protocol_label, setup
+from recsys.evaluation.evaluate import PROTOCOLS, EvalConfig, evaluate
+from recsys.options import option, to_flat
+from recsys.tracking import URI_HELP, log_eval_result, log_params, protocol_label, setup
 
 
 @dataclass
 class EvaluateJobConfig:
     """Everything the evaluate job needs; logged as params of the evaluation run."""
 
-    model: str
-    data: str
-    stage: str = "test"
-    include_seen_in_eval: bool = False
-    protocol: str = "full"
-    eval_ks: list[int] = dataclasses.field(default_factory=lambda: [1, 5, 10, 20])
-    experiment: str | None = None
-    tracking_uri: str | None = None
-    log_run: bool = True
-    progress: bool = True
+    model: str = option(help="MLflow run id, models:/NAME/VERSION, or a bundle folder")
+    data: str = option(help="prepared-dataset folder the model was trained on")
+    stage: str = option("test", "which targets", choices=("valid", "test"))
+    include_seen_in_eval: bool = option(
+        False, "rank the user's history items too (RecBole's way); default: excluded"
+    )
+    protocol: str = option(
+        "full", "full ranking, or the paper's 100 sampled negatives", choices=PROTOCOLS
+    )
+    eval_ks: list[int] = option(default_factory=lambda: [1, 5, 10, 20], help="cut-offs K")
+    experiment: str | None = option(None, "MLflow experiment", default_text="the dataset name")
+    tracking_uri: str | None = option(None, "MLflow tracking URI", default_text=URI_HELP)
+    log: bool = option(True, "log an evaluation run to MLflow")
+    progress: bool = option(True, "progress bars")
 
 
 def run(cfg: EvaluateJobConfig) -> dict[str, Any]:
@@ -51,6 +54,7 @@ def run(cfg: EvaluateJobConfig) -> dict[str, Any]:
     eval_cfg = EvalConfig(
         ks=tuple(cfg.eval_ks), exclude_seen=not cfg.include_seen_in_eval, protocol=cfg.protocol
     )
+    eval_cfg.check(data.num_items)
     res = evaluate(bundle.scorer, data, cfg.stage, eval_cfg, progress=cfg.progress)
     out: dict[str, Any] = {
         "model": cfg.model,
@@ -59,10 +63,10 @@ def run(cfg: EvaluateJobConfig) -> dict[str, Any]:
         "protocol": protocol_label(res.exclude_seen, res.protocol),
         "metrics": res.flat(),
     }
-    if cfg.log_run:
+    if cfg.log:
         setup(cfg.experiment or info["dataset_name"], cfg.tracking_uri)
         with mlflow.start_run(run_name=f"evaluate {bundle.meta['kind']}") as active:
-            log_params({**to_dict(cfg), **info})
+            log_params({**to_flat(cfg), **info})
             mlflow.set_tags({"kind": "evaluation", "evaluated_model": cfg.model})
             log_eval_result(res)
         out["run_id"] = active.info.run_id

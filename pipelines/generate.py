@@ -9,18 +9,19 @@ import sys
 from dataclasses import dataclass
 
 from recsys.data.synthetic import SyntheticSpec, generate
+from recsys.options import option
 
 
 @dataclass
 class GenerateConfig:
     """Output file and the synthetic log's shape."""
 
-    output: str
-    users: int = 2_000
-    items: int = 1_000
-    interactions: int = 100_000
-    seed: int = 0
-    clusters: int = 20
+    output: str = option(help="Parquet file to write")
+    users: int = option(2_000, "number of users")
+    items: int = option(1_000, "catalogue size")
+    interactions: int = option(100_000, "total events, at least 3 per user")
+    seed: int = option(0, "random seed")
+    clusters: int = option(20, "user taste clusters")
 
 
 def run(config: GenerateConfig) -> dict[str, int]:

@@ -10,33 +10,63 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from recsys.config import to_dict
-from recsys.data.prepare import check_prepared_output, prepare_dataset
-from recsys.data.readers import Columns, read_interactions, read_items
+from recsys.data.pipeline import REPEATS
+from recsys.data.prepare import SPLITS, check_prepared_output, prepare_dataset
+from recsys.data.readers import FORMATS, Columns, read_interactions, read_items
 from recsys.io import name_from_text, safe_name
+from recsys.options import option, to_flat
 
 
 @dataclass
 class PrepareConfig:
     """Everything the prepare job needs; the whole of it is stored in the manifest."""
 
-    input: str
-    output: str
-    format: str = "movielens"
-    name: str | None = None
-    items: str | None = None
-    user_col: str = "user_id"
-    item_col: str = "item_id"
-    time_col: str = "timestamp"
-    rating_col: str | None = "rating"
-    separator: str = ","
-    min_rating: float | None = None
-    repeats: str = "keep"
-    k_core: int = 0
-    min_seq_len: int | None = None
-    split: str = "leave-one-out"
-    valid_cutoff: float = 0.8
-    test_cutoff: float = 0.9
+    input: str = option(help="raw interaction file")
+    output: str = option(help="prepared-dataset folder to write (or rewrite)")
+    format: str = option(
+        "movielens",
+        "input format; movielens recognises 100K/1M/10M/20M+ by layout",
+        choices=FORMATS,
+    )
+    name: str | None = option(
+        None,
+        "dataset name for the manifest and MLflow",
+        default_text="the MovieLens folder name or the file stem",
+    )
+    items: str | None = option(
+        None, "item metadata file (u.item, movies.dat, movies.csv, items.tsv): titles, genres"
+    )
+    user_col: str = option("user_id", "user column (csv/parquet)")
+    item_col: str = option("item_id", "item column (csv/parquet)")
+    time_col: str = option("timestamp", "timestamp column (csv/parquet)")
+    rating_col: str | None = option("rating", "rating column (csv/parquet), if any")
+    separator: str = option(",", "CSV separator (.tsv files use tabs)")
+    min_rating: float | None = option(
+        None, "keep events rated at least R", default_text="keep all", metavar="R"
+    )
+    repeats: str = option(
+        "keep",
+        "repeated items in a user's sequence: drop-consecutive drops an item equal to the "
+        "previous; drop-all keeps each user's first event per item",
+        choices=REPEATS,
+    )
+    k_core: int = option(0, "drop users and items with fewer events, until stable; 0 = off")
+    min_seq_len: int | None = option(
+        None, "minimum events per user", default_text="3 for leave-one-out, 1 temporal"
+    )
+    split: str = option(
+        "leave-one-out",
+        "leave-one-out: last item test, the one before validation; temporal: global cut-off times",
+        choices=SPLITS,
+    )
+    valid_cutoff: float = option(
+        0.8, "temporal: validation cut-off, a quantile in (0,1) or a timestamp"
+    )
+    test_cutoff: float = option(
+        0.9,
+        "temporal: test cut-off, a quantile in (0,1) or a timestamp; an event at exactly a "
+        "cut-off belongs to the later part",
+    )
 
 
 def dataset_name(path: str | Path) -> str:
@@ -93,7 +123,7 @@ def run(config: PrepareConfig) -> dict[str, Any]:
         test_cutoff=config.test_cutoff,
         items=items,
         inputs=inputs,
-        config=to_dict(config),
+        config=to_flat(config),
     )
 
 

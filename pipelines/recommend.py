@@ -30,7 +30,9 @@ from tqdm.auto import tqdm
 from recsys.bundle import Bundle, load_bundle, resolve_model
 from recsys.data.dataset import gather_ragged
 from recsys.io import atomic_file, check_output_folder, remove_stale_temporaries, sha256_file
+from recsys.options import option
 from recsys.scoring import RESULT_SCHEMA, results_frame, score_chunk
+from recsys.tracking import URI_HELP
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +44,20 @@ META_KEY = b"recsys"  # the Parquet key-value metadata entry holding the JSON
 class RecommendConfig:
     """Everything the batch job needs."""
 
-    model: str
-    output: str
-    users: str = "all"
-    k: int = 100
-    include_seen: bool = False
-    chunk_users: int = 10_000
-    tracking_uri: str | None = None
-    progress: bool = True
+    model: str = option(help="MLflow run id, models:/NAME/VERSION, or a bundle folder")
+    output: str = option(help="folder for the Parquet parts")
+    users: str = option(
+        "all", "'all', or a file of user IDs (.txt, or .csv/.parquet with a user_id column)"
+    )
+    k: int = option(100, "recommendations per user")
+    include_seen: bool = option(False, "allow items of the user's history")
+    chunk_users: int = option(10_000, "users per part")
+    tracking_uri: str | None = option(
+        None,
+        "MLflow tracking URI (for run ids)",
+        default_text=URI_HELP,
+    )
+    progress: bool = option(True, "progress bars")
 
     def __post_init__(self) -> None:
         if self.k < 1:

@@ -9,24 +9,22 @@ parent run and skips the children already finished with the same config.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import itertools
 import json
 import logging
-import types
-import typing
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
+from sklearn.model_selection import ParameterGrid, ParameterSampler
 
 from pipelines.train import TrainJobConfig
 from pipelines.train import run as train
-from recsys.config import from_dict
+from recsys.options import from_flat, option, parse_value
+from recsys.tracking import URI_HELP
 
 log = logging.getLogger(__name__)
 
+# Options a child cannot sweep or set: the sweep fixes them for all its children.
 FIXED = {"data", "experiment", "tracking_uri", "parent_run_id", "sweep_key", "output", "resume"}
 
 
@@ -34,63 +32,44 @@ FIXED = {"data", "experiment", "tracking_uri", "parent_run_id", "sweep_key", "ou
 class SweepConfig:
     """A sweep: the grid, the seeds and options shared by every child."""
 
-    data: str
-    experiment: str
-    grid: list[str]  # "name=value1,value2" per swept option
-    seeds: list[int] = dataclasses.field(default_factory=list)
-    random: int = 0  # run this many combinations drawn at random (0: the whole grid)
-    random_seed: int = 0
-    set: list[str] = dataclasses.field(default_factory=list)  # "name=value" for every child
-    tracking_uri: str | None = None
-    progress: bool = False
-
-
-def parse_value(name: str, raw: str) -> Any:
-    """``raw`` converted to the type of TrainJobConfig's field ``name``."""
-    hints = typing.get_type_hints(TrainJobConfig)
-    if name not in hints or name in FIXED:
-        allowed = sorted(set(hints) - FIXED)
-        raise ValueError(f"cannot sweep or set {name!r}; expected one of {allowed}")
-    hint = hints[name]
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        hint = next(a for a in typing.get_args(hint) if a is not type(None))
-    kind = hint
-    if raw == "None":
-        return None
-    if kind is bool:
-        if raw.lower() not in ("true", "false", "1", "0"):
-            raise ValueError(f"{name}={raw!r}: expected true or false")
-        return raw.lower() in ("true", "1")
-    try:
-        return kind(raw) if kind in (int, float, str) else raw
-    except ValueError:
-        raise ValueError(f"{name}={raw!r}: expected {kind.__name__}") from None
+    data: str = option(help="prepared-dataset folder")
+    experiment: str = option(help="MLflow experiment of the sweep and its children")
+    grid: list[str] = option(help="NAME=V1,V2 per swept training option", metavar="NAME=V1,V2")
+    seeds: list[int] = option(
+        default_factory=list, help="run each combination once per seed (e.g. 1,2)"
+    )
+    random: int = option(0, "run N combinations drawn at random; 0 = the whole grid")
+    random_seed: int = option(0, "seed of the random draw")
+    set: list[str] = option(
+        default_factory=list, help="NAME=VALUE training options for every child", metavar="NAME=V"
+    )
+    tracking_uri: str | None = option(None, "MLflow tracking URI", default_text=URI_HELP)
+    progress: bool = option(False, "progress bars")
 
 
 def parse_pairs(items: list[str], many: bool) -> dict[str, list[Any]]:
-    """``["loss=ce,bce"]`` → ``{"loss": ["ce", "bce"]}`` with values typed."""
+    """``["loss=ce,bce"]`` → ``{"loss": ["ce", "bce"]}``, each value typed as its option."""
     out: dict[str, list[Any]] = {}
     for item in items:
         name, sep, values = item.partition("=")
         if not sep or not values:
             raise ValueError(f"{item!r}: expected name=value{',value...' if many else ''}")
         name = name.strip().replace("-", "_")
+        if name in FIXED:
+            raise ValueError(f"cannot sweep or set {name!r}: the sweep sets it for every child")
         raw = values.split(",") if many else [values]
-        out[name] = [parse_value(name, v.strip()) for v in raw]
+        out[name] = [parse_value(TrainJobConfig, name, v.strip()) for v in raw]
     return out
 
 
 def combinations(cfg: SweepConfig) -> list[dict[str, Any]]:
-    """The children's overrides, in a fixed order (seeds innermost)."""
+    """The children's overrides: the whole grid, or ``cfg.random`` draws from it."""
     grid = parse_pairs(cfg.grid, many=True)
     if cfg.seeds:
         grid["seed"] = list(cfg.seeds)
-    names = list(grid)
-    combos = [dict(zip(names, values, strict=True)) for values in itertools.product(*grid.values())]
-    if cfg.random and cfg.random < len(combos):
-        pick = np.random.default_rng(cfg.random_seed).choice(len(combos), cfg.random, replace=False)
-        combos = [combos[i] for i in sorted(pick)]
-    return combos
+    if cfg.random and cfg.random < len(ParameterGrid(grid)):
+        return list(ParameterSampler(grid, n_iter=cfg.random, random_state=cfg.random_seed))
+    return list(ParameterGrid(grid))
 
 
 def _key(values: dict[str, Any]) -> str:
@@ -152,7 +131,7 @@ def run(cfg: SweepConfig) -> dict[str, Any]:
             "sweep_key": key,
         }
         try:
-            out = train(from_dict(TrainJobConfig, values, source="sweep"))
+            out = train(from_flat(TrainJobConfig, values, source="sweep"))
             outcomes.append(
                 {
                     **overrides,

@@ -12,22 +12,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from recsys.bundle import ARTIFACT_PATH, save_bundle
-from recsys.config import to_dict
 from recsys.data.dataset import SequenceData
-from recsys.evaluation.evaluate import EvalConfig, Scorer, evaluate
+from recsys.evaluation.evaluate import evaluate
 from recsys.io import check_output_folder, json_has_keys, read_json, safe_name, write_json
-from recsys.models.sasrec import SASRecConfig
-from recsys.models.scorers import MostPopular, SASRecScorer
+from recsys.options import option, to_flat
 from recsys.tracking import (
+    URI_HELP,
     git_commit,
     log_eval_result,
     log_learning_curve,
@@ -36,12 +32,11 @@ from recsys.tracking import (
     protocol_label,
     setup,
 )
-from recsys.training.trainer import BEST, LAST, TrainConfig, Trainer
+from recsys.training.fit import FitConfig, eval_config, fit, make_trainer
+from recsys.training.trainer import BEST, LAST
 
 log = logging.getLogger(__name__)
 
-# Best validation NDCG@10 per second of training on ml-100k (benchmarks/ml100k.py).
-DEFAULT_LOSS = "sampled-softmax"
 RUN_MARKER = "run.json"  # marks a run folder as ours; records the run id and its status
 RUN_FILES = (RUN_MARKER, "checkpoints/best.pt", "checkpoints/last.pt", "bundle/*")
 
@@ -50,112 +45,32 @@ RUN_FILES = (RUN_MARKER, "checkpoints/best.pt", "checkpoints/last.pt", "bundle/*
 class TrainJobConfig:
     """Everything the train job needs; the whole of it is logged as MLflow params."""
 
-    data: str
-    model: str = "sasrec"  # or "most-popular" (the baseline, same evaluation)
-    loss: str = DEFAULT_LOSS
-    max_len: int = 50
-    d_model: int = 64
-    n_layers: int = 2
-    n_heads: int = 2
-    d_ff: int | None = None
-    dropout: float = 0.2
-    attn_dropout: float = 0.0
-    pre_ln: bool = True
-    scale_embeddings: bool = True
-    tie_embeddings: bool = True
-    repeat_bias: bool = True  # the model config keeps False (the paper's model, old bundles)
-    epochs: int = 200
-    batch_size: int = 128
-    lr: float = 2e-3
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    num_negatives: int = 256
-    gbce_t: float = 0.75
-    patience: int = 10
-    eval_every: int = 1
-    seed: int = 0
-    threads: int = 0
-    window: str = "random"
-    include_seen_in_eval: bool = False
-    eval_ks: list[int] = dataclasses.field(default_factory=lambda: [1, 5, 10, 20])
-    sampled_eval: bool = False
-    experiment: str | None = None
-    tracking_uri: str | None = None
-    run_name: str | None = None
-    output: str | None = None
-    resume: bool = False
-    register_name: str | None = None  # model registry name; default recsys-EXPERIMENT
-    parent_run_id: str | None = None  # set by recsys sweep: the sweep's parent run
-    sweep_key: str | None = None  # set by recsys sweep: identifies this child's config
-    progress: bool = True
+    data: str = option(help="prepared-dataset folder (from recsys prepare)")
+    fit: FitConfig = dataclasses.field(default_factory=FitConfig)
+    eval_ks: list[int] = option(
+        default_factory=lambda: [1, 5, 10, 20], help="cut-offs K of the final evaluation"
+    )
+    sampled_eval: bool = option(
+        False, "also report the paper's sampled protocol (100 negatives), named 'sampled'"
+    )
+    experiment: str | None = option(None, "MLflow experiment", default_text="the dataset name")
+    tracking_uri: str | None = option(None, "MLflow tracking URI", default_text=URI_HELP)
+    run_name: str | None = option(None, "MLflow run name", default_text="MODEL-LOSS-LMAX_LEN")
+    output: str | None = option(
+        None, "folder for checkpoints and the bundle", default_text="data/runs/NAME-TIME"
+    )
+    resume: bool = option(False, "continue the interrupted run in --output")
+    register_name: str | None = option(
+        None,
+        "model registry name; each run adds a version",
+        default_text="recsys-EXPERIMENT",
+    )
+    parent_run_id: str | None = option(None, "the sweep's parent run", cli=False)
+    sweep_key: str | None = option(None, "identifies a sweep child's config", cli=False)
 
     def __post_init__(self) -> None:
-        if self.model not in ("sasrec", "most-popular"):
-            raise ValueError(
-                f"model {self.model!r} is unknown; expected 'sasrec' or 'most-popular'"
-            )
         if self.resume and not self.output:
             raise ValueError("resume needs the output folder of the interrupted run (--output)")
-
-    def model_config(self, num_items: int) -> SASRecConfig:
-        names = {f.name for f in dataclasses.fields(SASRecConfig)} - {"num_items"}
-        return SASRecConfig(num_items=num_items, **{n: getattr(self, n) for n in names})
-
-    def train_config(self) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(TrainConfig)}
-        return TrainConfig(**{n: getattr(self, n) for n in names})
-
-
-@dataclass
-class Fitted:
-    """A trained model, ready to evaluate and to save as a bundle."""
-
-    scorer: Scorer
-    weights: dict[str, torch.Tensor]  # what save_bundle stores
-    meta: dict[str, Any]  # train (and model) config for bundle.json
-    summary: dict[str, float]  # best epoch, timings
-    history: list[dict[str, float]]  # per-epoch records (empty for most-popular)
-
-
-def make_trainer(
-    cfg: TrainJobConfig,
-    data: SequenceData,
-    eval_cfg: EvalConfig,
-    checkpoint_dir: Path | None = None,
-) -> Trainer | None:
-    """The SASRec trainer for ``cfg`` (None for most-popular, which has nothing to train)."""
-    if cfg.model != "sasrec":
-        return None
-    return Trainer(
-        cfg.model_config(data.num_items),
-        cfg.train_config(),
-        data,
-        eval_cfg,
-        checkpoint_dir=checkpoint_dir,
-        progress=cfg.progress,
-    )
-
-
-def fit(cfg: TrainJobConfig, data: SequenceData, trainer: Trainer | None) -> Fitted:
-    """Train with ``trainer`` (from :func:`make_trainer`), or count popularity without one."""
-    t0 = time.perf_counter()
-    meta: dict[str, Any] = {"train_config": to_dict(cfg)}
-    if trainer is None:
-        counts = data.item_counts()
-        summary = {"train_seconds": time.perf_counter() - t0}
-        weights = {"counts": torch.from_numpy(counts)}
-        return Fitted(MostPopular(counts), weights, meta, summary, [])
-    result = trainer.fit()
-    meta["model_config"] = dataclasses.asdict(result.model.cfg)
-    summary = {
-        "best_epoch": result.best_epoch,
-        "seconds_to_best": result.seconds_to_best,
-        "train_seconds": result.seconds,
-        "epochs_run": result.epochs_run,
-    }
-    return Fitted(
-        SASRecScorer(result.model), result.model.state_dict(), meta, summary, result.history
-    )
 
 
 def _log_model(bundle: Path, name: str) -> str:
@@ -230,7 +145,7 @@ def run(cfg: TrainJobConfig) -> dict[str, Any]:
     info = data.dataset_info()
     experiment = safe_name(cfg.experiment or info["dataset_name"], "experiment name")
     register_name = safe_name(cfg.register_name or f"recsys-{experiment}", "register name")
-    eval_cfg = EvalConfig(ks=tuple(cfg.eval_ks), exclude_seen=not cfg.include_seen_in_eval)
+    eval_cfg = eval_config(cfg.fit, ks=tuple(cfg.eval_ks))
     eval_cfg.check(data.num_items)
     setup(experiment, cfg.tracking_uri)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
@@ -241,11 +156,14 @@ def run(cfg: TrainJobConfig) -> dict[str, Any]:
     marker = {"written_by": "recsys train", "status": "running"}
     write_json(out / RUN_MARKER, marker)
 
-    trainer = make_trainer(cfg, data, eval_cfg, out / "checkpoints")
+    trainer = make_trainer(cfg.fit, data, out / "checkpoints")
     run_id = None
     if trainer is not None and cfg.resume and trainer.resume():
         run_id = trainer.extra.get("run_id")
-    run_name = cfg.run_name or (f"{cfg.model}-{cfg.loss}-L{cfg.max_len}" if trainer else cfg.model)
+    kind, options = cfg.fit.model, to_flat(cfg)
+    run_name = cfg.run_name or (
+        f"{kind}-{cfg.fit.train.loss}-L{cfg.fit.sasrec.max_len}" if trainer else kind
+    )
     run_id = run_id or project_run_id()
     tags = {}
     if cfg.parent_run_id:
@@ -253,10 +171,10 @@ def run(cfg: TrainJobConfig) -> dict[str, Any]:
     with mlflow.start_run(
         run_id=run_id, run_name=None if run_id else run_name, tags=tags or None
     ) as active:
-        log_params({**to_dict(cfg), **info})
+        log_params({**options, **info})
         mlflow.set_tags(
             {
-                "model": cfg.model,
+                "model": kind,
                 "dataset": info["dataset_name"],
                 "dataset_version": info["dataset_version"],
                 "split": info["split"],
@@ -264,7 +182,7 @@ def run(cfg: TrainJobConfig) -> dict[str, Any]:
                 "git_commit": git_commit() or "unknown",
             }
         )
-        mlflow.log_dict(to_dict(cfg), "config.json")
+        mlflow.log_dict(options, "config.json")  # usable as --config
         marker["run_id"] = active.info.run_id
         write_json(out / RUN_MARKER, marker)
         if trainer is not None:
@@ -276,7 +194,7 @@ def run(cfg: TrainJobConfig) -> dict[str, Any]:
                 )
 
             trainer.on_epoch = on_epoch
-        fitted = fit(cfg, data, trainer)
+        fitted = fit(cfg.fit, data, trainer, extra_meta=options)
         scorer, weights, meta, summary = fitted.scorer, fitted.weights, fitted.meta, fitted.summary
         mlflow.log_metrics({k: float(v) for k, v in summary.items()})
 
@@ -289,10 +207,10 @@ def run(cfg: TrainJobConfig) -> dict[str, Any]:
             protocols.append(dataclasses.replace(eval_cfg, protocol="sampled"))
         for stage in ("valid", "test"):
             for pcfg in protocols:
-                res = evaluate(scorer, data, stage, pcfg, progress=cfg.progress)
+                res = evaluate(scorer, data, stage, pcfg, progress=cfg.fit.progress)
                 log_eval_result(res, step=last_step)
                 metrics.update(res.flat())
-        bundle = save_bundle(out / "bundle", cfg.model, weights, data, meta)
+        bundle = save_bundle(out / "bundle", kind, weights, data, meta)
         log_params(json.loads((bundle / "index.json").read_text()))
         mlflow.log_artifacts(str(bundle), ARTIFACT_PATH)
         registered = _log_model(bundle, register_name)

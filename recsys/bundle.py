@@ -25,7 +25,6 @@ import torch
 
 from recsys.data.dataset import SequenceData, list_column_to_ragged
 from recsys.data.prepare import SEQUENCES_PART
-from recsys.evaluation.evaluate import Scorer
 from recsys.io import (
     atomic_dir,
     check_output_folder,
@@ -35,12 +34,11 @@ from recsys.io import (
     verify_files,
 )
 from recsys.models.sasrec import SASRec, SASRecConfig
-from recsys.models.scorers import MostPopular, SASRecScorer
+from recsys.models.scorers import MODEL_KINDS, MostPopular, SASRecScorer, Scorer
 from recsys.retrieval.index import IndexConfig, ItemIndex
 
 FORMAT = "recsys-bundle"
 VERSION = 1
-MODEL_KINDS = ("sasrec", "most-popular")
 ARTIFACT_PATH = "bundle"  # where a training run logs the bundle in MLflow
 # Every file of a bundle besides bundle.json, which records their checksums.
 FILES = (
@@ -161,7 +159,8 @@ def save_bundle(
 
 def _scorer(kind: str, meta: dict[str, Any], weights: dict[str, torch.Tensor]) -> Scorer:
     if kind == "sasrec":
-        model = SASRec(SASRecConfig(**meta["model_config"]))
+        # Bundles from before the repeat term have no repeat_bias key: they had none.
+        model = SASRec(SASRecConfig(**{"repeat_bias": False, **meta["model_config"]}))
         model.load_state_dict(weights)
         return SASRecScorer(model)
     return MostPopular(weights["counts"].numpy())
@@ -241,7 +240,7 @@ def resolve_model(spec: str, tracking_uri: str | None = None) -> Path:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from recsys.tracking import tracking_uri as resolve_uri
+    from recsys.tracking import resolve_uri
 
     mlflow.set_tracking_uri(resolve_uri(tracking_uri))
     try:

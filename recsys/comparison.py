@@ -66,7 +66,7 @@ def load_runs(
     """Finished training runs of ``experiment`` (or the given run ids, by prefix)."""
     import mlflow
 
-    from recsys.tracking import tracking_uri as resolve_uri
+    from recsys.tracking import resolve_uri
 
     client = mlflow.MlflowClient(resolve_uri(tracking_uri))
     exp = client.get_experiment_by_name(experiment)
@@ -138,7 +138,7 @@ def holm(p: list[float]) -> list[float]:
 def _per_user(run: RunInfo, stage: str, column: str, tracking_uri: str | None) -> pl.DataFrame:
     import mlflow
 
-    from recsys.tracking import tracking_uri as resolve_uri
+    from recsys.tracking import resolve_uri
 
     with tempfile.TemporaryDirectory() as tmp:
         path = mlflow.artifacts.download_artifacts(
@@ -260,7 +260,7 @@ def write_report(
     import mlflow
 
     from recsys.io import atomic_file, check_output_folder
-    from recsys.tracking import tracking_uri as resolve_uri
+    from recsys.tracking import resolve_uri
 
     folder = check_output_folder(
         folder,

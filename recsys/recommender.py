@@ -21,66 +21,134 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+from sklearn.base import BaseEstimator
+from sklearn.exceptions import NotFittedError
+from sklearn.utils.validation import check_is_fitted
 
 from recsys.bundle import Bundle, load_bundle, resolve_model, save_bundle
 from recsys.data.dataset import SequenceData, gather_ragged
+from recsys.models.sasrec import SASRecConfig
+from recsys.options import from_flat
 from recsys.scoring import RESULT_SCHEMA, results_frame, score_chunk, score_items
+from recsys.training.fit import FitConfig, fit, make_trainer
+from recsys.training.trainer import TrainConfig
+
+__all__ = ["NotFittedError", "Recommender"]
 
 
-class NotFittedError(ValueError, AttributeError):
-    """The recommender was used before ``fit`` or ``load``."""
-
-
-class Recommender:
+class Recommender(BaseEstimator):
     """A sequential recommender, scikit-learn style.
 
-    Parameters
-    ----------
-    **params
-        Training options of ``recsys train`` (``loss``, ``max_len``, ``epochs``, ``seed``,
-        ...; see :class:`pipelines.train.TrainJobConfig`), used by :meth:`fit`.
+    The keyword arguments are the training options of ``recsys train`` (declared once in
+    :class:`~recsys.training.fit.FitConfig`, :class:`~recsys.models.sasrec.SASRecConfig`
+    and :class:`~recsys.training.trainer.TrainConfig`, whose defaults these are); they are
+    used by :meth:`fit`. ``get_params``, ``set_params`` and ``sklearn.base.clone`` work
+    as for any estimator. Learned state: ``bundle_`` (the model bundle) and ``history_``
+    (per-epoch records).
     """
 
-    def __init__(self, **params: Any):
-        self.params = params
+    def __init__(
+        self,
+        *,
+        model: str = FitConfig.model,
+        loss: str = TrainConfig.loss,
+        max_len: int = SASRecConfig.max_len,
+        d_model: int = SASRecConfig.d_model,
+        n_layers: int = SASRecConfig.n_layers,
+        n_heads: int = SASRecConfig.n_heads,
+        d_ff: int | None = SASRecConfig.d_ff,
+        dropout: float = SASRecConfig.dropout,
+        attn_dropout: float = SASRecConfig.attn_dropout,
+        pre_ln: bool = SASRecConfig.pre_ln,
+        scale_embeddings: bool = SASRecConfig.scale_embeddings,
+        tie_embeddings: bool = SASRecConfig.tie_embeddings,
+        repeat_bias: bool = SASRecConfig.repeat_bias,
+        epochs: int = TrainConfig.epochs,
+        batch_size: int = TrainConfig.batch_size,
+        lr: float = TrainConfig.lr,
+        weight_decay: float = TrainConfig.weight_decay,
+        grad_clip: float = TrainConfig.grad_clip,
+        num_negatives: int = TrainConfig.num_negatives,
+        gbce_t: float = TrainConfig.gbce_t,
+        patience: int = TrainConfig.patience,
+        eval_every: int = TrainConfig.eval_every,
+        seed: int = TrainConfig.seed,
+        threads: int = TrainConfig.threads,
+        window: str = TrainConfig.window,
+        include_seen_in_eval: bool = FitConfig.include_seen_in_eval,
+        progress: bool = FitConfig.progress,
+    ):
+        # scikit-learn's contract: store the arguments unchanged, validate in fit.
+        self.model = model
+        self.loss = loss
+        self.max_len = max_len
+        self.d_model = d_model
+        self.n_layers = n_layers
+        self.n_heads = n_heads
+        self.d_ff = d_ff
+        self.dropout = dropout
+        self.attn_dropout = attn_dropout
+        self.pre_ln = pre_ln
+        self.scale_embeddings = scale_embeddings
+        self.tie_embeddings = tie_embeddings
+        self.repeat_bias = repeat_bias
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.grad_clip = grad_clip
+        self.num_negatives = num_negatives
+        self.gbce_t = gbce_t
+        self.patience = patience
+        self.eval_every = eval_every
+        self.seed = seed
+        self.threads = threads
+        self.window = window
+        self.include_seen_in_eval = include_seen_in_eval
+        self.progress = progress
 
     # -- fitting and loading -----------------------------------------------------------
 
-    def fit(self, data: str | Path, output: str | Path | None = None) -> Recommender:
-        """Train on a prepared-dataset folder in this process (no MLflow run).
+    def fit(self, X: str | Path, y: None = None, output: str | Path | None = None) -> Recommender:
+        """Train on a prepared-dataset folder ``X`` in this process (no MLflow run).
 
-        The bundle is written to ``output`` (default: a temporary folder kept as long as
-        this object). Returns ``self``.
+        ``y`` is unused (scikit-learn's signature). The bundle is written to ``output``
+        (default: a temporary folder kept as long as this object). Returns ``self``.
         """
-        from pipelines.train import TrainJobConfig, fit, make_trainer
-        from recsys.config import from_dict
-        from recsys.evaluation.evaluate import EvalConfig
-
-        cfg = from_dict(TrainJobConfig, {"data": str(data), **self.params}, source="Recommender")
-        ds = SequenceData.load(data)
+        cfg = from_flat(FitConfig, self.get_params(), source="Recommender")
+        data = SequenceData.load(X)
         if output is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="recsys-bundle-")
             output = Path(self._tmp.name) / "bundle"
-        eval_cfg = EvalConfig(exclude_seen=not cfg.include_seen_in_eval)
-        fitted = fit(cfg, ds, make_trainer(cfg, ds, eval_cfg))
+        fitted = fit(cfg, data, make_trainer(cfg, data), extra_meta={"data": str(X)})
         self.history_ = fitted.history
-        self.bundle_ = load_bundle(save_bundle(output, cfg.model, fitted.weights, ds, fitted.meta))
+        self.bundle_ = load_bundle(
+            save_bundle(output, cfg.model, fitted.weights, data, fitted.meta)
+        )
         return self
 
     @classmethod
     def load(cls, model: str | Path, tracking_uri: str | None = None) -> Recommender:
-        """Load from an MLflow run id, ``models:/name/version`` or a bundle folder."""
-        rec = cls()
-        rec.bundle_ = load_bundle(resolve_model(str(model), tracking_uri))
+        """Load from an MLflow run id, ``models:/name/version`` or a bundle folder.
+
+        The estimator's parameters are the options the model was trained with.
+        """
+        bundle = load_bundle(resolve_model(str(model), tracking_uri))
+        trained = bundle.meta.get("train_config", {})
+        names = cls._get_param_names()
+        rec = cls(**{k: v for k, v in trained.items() if k in names})
+        rec.bundle_ = bundle
         rec.history_ = []
         return rec
 
     @property
     def bundle(self) -> Bundle:
-        if not hasattr(self, "bundle_"):
-            raise NotFittedError(
-                "this Recommender is not fitted yet; call fit(...) or Recommender.load(...)"
-            )
+        """The fitted or loaded model bundle (``NotFittedError`` before ``fit``/``load``)."""
+        check_is_fitted(
+            self,
+            "bundle_",
+            msg="this Recommender is not fitted yet; call fit(...) or Recommender.load(...)",
+        )
         return self.bundle_
 
     # -- ID mapping --------------------------------------------------------------------

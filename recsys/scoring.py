@@ -13,7 +13,7 @@ import torch
 
 from recsys.bundle import Bundle
 from recsys.data.dataset import pad_left
-from recsys.evaluation.ranking import offsets_of
+from recsys.evaluation.ranking import bias_of
 from recsys.models.repeat import last_occurrence
 
 RESULT_SCHEMA = {"user_id": pl.String, "rank": pl.Int32, "item_id": pl.String, "score": pl.Float32}
@@ -42,9 +42,9 @@ def score_items(
     cands = torch.from_numpy(items)
     scores = (users[:, None, :] * bundle.scorer.item_vectors()[cands]).sum(-1)  # (B, C)
     history = whole_histories(flat, offsets)
-    values = bundle.scorer.history_offsets(history)
+    values = bundle.scorer.history_bias(history)
     if values is not None:
-        scores = scores + offsets_of((history, values), cands)
+        scores = scores + bias_of((history, values), cands)
     return scores.numpy()
 
 
@@ -77,13 +77,13 @@ def score_chunk(
     hist = history.numpy()
     extra = [] if exclude is None else [exclude]
     # History items are excluded or scored as dot products, unless a repeat term moves them.
-    values = None if exclude_seen else bundle.scorer.history_offsets(history)
+    values = None if exclude_seen else bundle.scorer.history_bias(history)
     if values is None:
         parts = [hist, *extra] if exclude_seen else extra
         ex = np.concatenate(parts, axis=1) if parts else None
         return bundle.index.search(users.numpy(), k, ex)
     # Search the index without the history, score each history item exactly (once, at its
-    # last occurrence, with its offset), and merge the two lists.
+    # last occurrence, with its bias), and merge the two lists.
     items, scores = bundle.index.search(users.numpy(), k, np.concatenate([hist, *extra], axis=1))
     rows, cols = last_occurrence(history).nonzero(as_tuple=True)
     own = np.full(hist.shape, -np.inf, dtype=np.float32)

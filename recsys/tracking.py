@@ -19,9 +19,10 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 DEFAULT_STORE = Path("mlruns")
+URI_HELP = "$MLFLOW_TRACKING_URI, else the SQLite store mlruns/mlflow.db"  # for --help
 
 
-def tracking_uri(explicit: str | None = None) -> str:
+def resolve_uri(explicit: str | None = None) -> str:
     """The tracking URI: ``explicit``, else ``$MLFLOW_TRACKING_URI``, else the local SQLite."""
     if explicit:
         return explicit
@@ -39,7 +40,7 @@ def _artifact_root(uri: str) -> str | None:
 
 
 def setup(experiment: str, uri: str | None = None) -> str:
-    """Point MLflow at ``uri`` (see :func:`tracking_uri`) and create/select ``experiment``.
+    """Point MLflow at ``uri`` (see :func:`resolve_uri`) and create/select ``experiment``.
 
     Returns the experiment id.
     """
@@ -49,7 +50,7 @@ def setup(experiment: str, uri: str | None = None) -> str:
 
     # The name becomes part of the experiment's artifact path.
     safe_name(experiment, "experiment name")
-    uri = tracking_uri(uri)
+    uri = resolve_uri(uri)
     mlflow.set_tracking_uri(uri)
     if project_run_id():
         # Under `mlflow run`, the project's run (and its experiment) is already chosen.

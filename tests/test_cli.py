@@ -102,4 +102,4 @@ def test_bad_input_exits_2_with_message(tmp_path, write, capsys):
 def test_unknown_config_key_exits_2(write, capsys):
     cfg = write("c.json", json.dumps({"input": "a", "output": "b", "shuffle": True}))
     assert main(["prepare", "--config", str(cfg)]) == 2
-    assert "unknown key(s) ['shuffle']" in capsys.readouterr().err
+    assert "unknown option(s) ['shuffle']" in capsys.readouterr().err

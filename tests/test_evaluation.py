@@ -43,8 +43,8 @@ def test_ranks_and_top_k_match_brute_force_with_ties(monkeypatch, block):
 
 
 @pytest.mark.parametrize("block", [1 << 22, 7])
-def test_offsets_move_listed_items_exactly(monkeypatch, block):
-    # A model's repeat term: offsets (integer-valued, so ties stay exact) added to listed
+def test_biases_move_listed_items_exactly(monkeypatch, block):
+    # A model's repeat term: biases (integer-valued, so ties stay exact) added to listed
     # items, summed where an item is listed twice, before exclusion.
     monkeypatch.setattr(ranking, "BLOCK_ELEMENTS", block)
     gen = torch.Generator().manual_seed(2)
@@ -150,12 +150,12 @@ def test_most_popular_exact_metrics(tmp_path):
 class PenalisedPopular(MostPopular):
     """Most-popular with a repeat term: -10 on every history item, however old."""
 
-    def history_offsets(self, inputs: torch.Tensor) -> torch.Tensor:
+    def history_bias(self, inputs: torch.Tensor) -> torch.Tensor:
         return torch.where(inputs != 0, -10.0, 0.0)
 
 
-def test_history_offsets_reach_the_whole_history(tmp_path):
-    # Same data as above. The scorer's window is 1 item, but its offsets cover the whole
+def test_history_bias_reaches_the_whole_history(tmp_path):
+    # Same data as above. The scorer's window is 1 item, but its biases cover the whole
     # history: each history item sinks by 10 (counts are at most 3), so ranking with the
     # history included gives the excluded ranks [1, 0, 1], except that user 2's own
     # target 1 is in its history and sinks too.

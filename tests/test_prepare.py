@@ -7,9 +7,9 @@ import polars as pl
 import pytest
 
 from pipelines.prepare import PrepareConfig, run
-from recsys.config import from_dict
 from recsys.data.prepare import SEQUENCES_PART, prepare_dataset
 from recsys.data.readers import read_interactions
+from recsys.options import from_flat
 
 LOG = """\
 user_id,item_id,timestamp,rating
@@ -99,13 +99,13 @@ def test_everything_filtered_is_an_error(tmp_path, write):
 
 
 def test_unknown_config_key():
-    with pytest.raises(ValueError, match=r"unknown key\(s\) \['colour'\] for PrepareConfig"):
-        from_dict(PrepareConfig, {"input": "a", "output": "b", "colour": "red"})
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['colour'\] for PrepareConfig"):
+        from_flat(PrepareConfig, {"input": "a", "output": "b", "colour": "red"})
 
 
 def test_wrong_config_type():
     with pytest.raises(ValueError, match="k_core: expected int, got 'five'"):
-        from_dict(PrepareConfig, {"input": "a", "output": "b", "k_core": "five"})
+        from_flat(PrepareConfig, {"input": "a", "output": "b", "k_core": "five"})
 
 
 def test_interrupted_write_keeps_old_output(tmp_path, write, monkeypatch):

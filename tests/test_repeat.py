@@ -23,7 +23,7 @@ def test_distance_buckets_are_log_spaced_and_capped():
     assert distance_bucket(torch.tensor([5]), num_buckets=3).tolist() == [2]
 
 
-def test_offsets_use_the_last_occurrence_at_or_before_each_position():
+def test_biases_use_the_last_occurrence_at_or_before_each_position():
     rb = RepeatBias(max_len=1000)
     with torch.no_grad():
         rb.raw.copy_(torch.arange(1.0, NUM_BUCKETS + 1) / RATE)  # bucket j -> j + 1
@@ -38,7 +38,7 @@ def test_offsets_use_the_last_occurrence_at_or_before_each_position():
     assert torch.equal(rb(inputs, cands[:, :1]), got)
 
 
-def test_dense_and_last_position_agree_with_candidate_offsets():
+def test_dense_and_last_position_agree_with_candidate_biases():
     g = torch.Generator().manual_seed(0)
     rb = RepeatBias(max_len=1000)
     with torch.no_grad():
@@ -49,7 +49,7 @@ def test_dense_and_last_position_agree_with_candidate_offsets():
     cand = rb(inputs, every)
     assert torch.allclose(cand, brute(rb.weight.detach(), inputs, every))
     assert torch.allclose(rb.add_dense(torch.zeros(4, 12, 8), inputs), cand)
-    # At the last position, each item's offset sits once, at its last occurrence.
+    # At the last position, each item's bias sits once, at its last occurrence.
     last = rb.last_position(inputs)
     per_item = torch.zeros(4, 8).scatter_add(1, inputs, last)
     assert torch.allclose(per_item[:, 1:], cand[:, -1, 1:])
@@ -63,7 +63,7 @@ def test_gradients_reach_the_weights():
     assert rb.raw.grad is not None and rb.raw.grad.abs().sum() > 0
 
 
-def test_every_path_gives_the_same_offsets_and_gradients():
+def test_every_path_gives_the_same_biases_and_gradients():
     g = torch.Generator().manual_seed(1)
     inputs = torch.randint(0, 9, (3, 10), generator=g)
     real = torch.rand(3, 10, generator=g) > 0.3

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recsys.config import from_dict
 from recsys.models.sasrec import SASRec, SASRecConfig, attention_mask
+from recsys.options import from_flat
 
 
 def model(**kw) -> SASRec:
@@ -79,5 +79,5 @@ def test_too_long_and_bad_config():
         model()(torch.ones(1, 7, dtype=torch.long))
     with pytest.raises(ValueError, match="d_model=10 is not divisible by n_heads=3"):
         SASRecConfig(num_items=5, d_model=10, n_heads=3)
-    with pytest.raises(ValueError, match=r"unknown key\(s\) \['heads'\]"):
-        from_dict(SASRecConfig, {"num_items": 5, "heads": 2})
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['heads'\]"):
+        from_flat(SASRecConfig, {"heads": 2})

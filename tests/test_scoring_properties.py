@@ -34,7 +34,7 @@ def brute_force(bundle, flat, offsets, k, exclude_seen, exclude):
     users = user_vectors(bundle, flat, offsets).numpy()
     scores = users @ bundle.scorer.item_vectors().numpy()[1:].T  # (B, I)
     history = whole_histories(flat, offsets)
-    values = bundle.scorer.history_offsets(history)
+    values = bundle.scorer.history_bias(history)
     out = []
     for b in range(len(users)):
         s = scores[b].astype(np.float64)

@@ -1,34 +1,55 @@
-"""Helpers shared by the subcommand modules: config merging and required flags."""
+"""Helpers shared by the subcommand modules: a job's parser from its config, and the
+config from the flags given and a ``--config`` file."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable
 from typing import Any
 
-from recsys.config import from_dict, load_config_file
+from recsys.options import add_arguments, flag_name, from_flat, load_config_file, required
 
-EPILOG = "Bad input exits with status 2 and a message naming the file, column and row."
+EPILOG = "Bad input exits with status 2 and a one-line message naming the file, line or value."
+# Namespace entries that are the parser's own, not options.
+_OWN = ("config", "command", "handler", "log_level", "config_cls")
 
 
-def build_config(cls: type, args: argparse.Namespace, skip: Sequence[str] = ()) -> Any:
-    """Merge ``--config FILE`` values with the flags given (flags win) into ``cls``."""
+def add_job(
+    sub: argparse._SubParsersAction,
+    name: str,
+    cls: type,
+    handler: Callable[[argparse.Namespace], int],
+    *,
+    help: str,
+    description: str,
+    epilog: str = "",
+) -> argparse.ArgumentParser:
+    """A subcommand whose flags are the options of config ``cls`` (plus ``--config``)."""
+    p = sub.add_parser(
+        name,
+        help=help,
+        description=description,
+        epilog=f"{epilog} {EPILOG}".strip(),
+    )
+    p.add_argument("--config", help="JSON/TOML file of the same options (flags override it)")
+    add_arguments(p, cls)
+    p.set_defaults(handler=handler, config_cls=cls)
+    return p
+
+
+def build_config(cls: type, args: argparse.Namespace) -> Any:
+    """Merge ``--config FILE`` values, then the flags given, into config ``cls``.
+
+    Raises
+    ------
+    ValueError
+        On an unknown option, a bad value, or a required option given nowhere.
+    """
     values: dict[str, Any] = {}
     if getattr(args, "config", None):
         values.update(load_config_file(args.config))
-    for key, value in vars(args).items():
-        if key in ("config", "command", "handler", "log_level", *skip):
-            continue
-        values[key] = value
-    return from_dict(cls, values, source=getattr(args, "config", None) or "command line")
-
-
-def given_flags(args: argparse.Namespace, required: Sequence[str]) -> argparse.Namespace:
-    """Only the flags actually given (so config-file values and defaults apply)."""
-    given = argparse.Namespace(**{k: v for k, v in vars(args).items() if v is not None})
-    if not getattr(given, "config", None):
-        given.config = None
-    for name in required:
-        if getattr(given, name, None) is None and not given.config:
-            raise ValueError(f"--{name.replace('_', '-')} is required (or give it in --config)")
-    return given
+    values.update({k: v for k, v in vars(args).items() if k not in _OWN})
+    missing = [n for n in required(cls) if n not in values]
+    if missing:
+        raise ValueError(f"{flag_name(missing[0])} is required (or give it in --config)")
+    return from_flat(cls, values, source=getattr(args, "config", None) or "command line")

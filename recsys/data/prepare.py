@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 SEQUENCES_PART = "sequences/part-00000.parquet"
+SPLITS = ("leave-one-out", "temporal")
 # Every file prepare writes: an output folder holding anything else is not replaced.
 OWNED = ("manifest.json", "vocab_users.parquet", "vocab_items.parquet", "sequences/part-*.parquet")
 # The in-memory engine ran the 10M-event benchmark faster than the streaming one (3.07 s
@@ -155,7 +156,7 @@ def prepare_dataset(
     """
     safe_name(name, "dataset name")
     check_prepared_output(output, inputs)
-    if split not in ("leave-one-out", "temporal"):
+    if split not in SPLITS:
         raise ValueError(f"split {split!r} is unknown; expected 'leave-one-out' or 'temporal'")
     if min_seq_len is None:
         min_seq_len = 3 if split == "leave-one-out" else 1

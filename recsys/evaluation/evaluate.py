@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -27,31 +27,12 @@ from tqdm.auto import tqdm
 
 from recsys.data.dataset import SequenceData, Stage, gather_ragged, pad_left, ragged_to_padded
 from recsys.evaluation.metrics import bootstrap_ci, per_user_metrics
-from recsys.evaluation.ranking import Offsets, drop_targets, offsets_of, rank_and_top_k
-from recsys.training.batches import input_batch
+from recsys.evaluation.ranking import HistoryBias, bias_of, drop_targets, rank_and_top_k
+from recsys.models.scorers import Scorer
 
 log = logging.getLogger(__name__)
 
 PROTOCOLS = ("full", "sampled")
-
-
-class Scorer(Protocol):
-    """What evaluation needs of a model."""
-
-    max_len: int
-
-    def user_vectors(self, inputs: torch.Tensor) -> torch.Tensor:
-        """(B, d) vectors of left-padded histories (B, max_len)."""
-        ...
-
-    def item_vectors(self) -> torch.Tensor:
-        """(num_items + 1, d) item vectors; row 0 is padding."""
-        ...
-
-    def history_offsets(self, history: torch.Tensor) -> torch.Tensor | None:
-        """Score offsets (B, H) of whole left-padded histories (B, H), or None (scores are
-        dot products)."""
-        ...
 
 
 @dataclass
@@ -160,12 +141,12 @@ def _sampled_ranks(
     item_vecs: torch.Tensor,
     targets: torch.Tensor,
     negatives: torch.Tensor,
-    offsets: Offsets | None,
+    bias: HistoryBias | None,
 ) -> torch.Tensor:
     t = (users[:, None, :] * item_vecs[targets]).sum(-1)  # (B, M)
     s = (users[:, None, :] * item_vecs[negatives]).sum(-1)  # (B, n)
-    if offsets is not None:  # the negatives are unseen items: no offset
-        t = t + offsets_of(offsets, targets)
+    if bias is not None:  # the negatives are unseen items: no bias
+        t = t + bias_of(bias, targets)
     ahead = (s[:, None, :] > t[:, :, None]) | (
         (s[:, None, :] == t[:, :, None]) & (negatives[:, None, :] < targets[:, :, None])
     )  # (B, M, n)
@@ -200,7 +181,6 @@ def evaluate(
     EvalResult
     """
     cfg = cfg or EvalConfig()
-    cfg.check(data.num_items)
     st = data.stage(stage) if isinstance(stage, str) else stage
     if len(st.users) == 0:
         raise ValueError(f"stage {st.name!r} of {str(data.path)!r} has no users with targets")
@@ -213,21 +193,22 @@ def evaluate(
     for lo in range(0, len(st.users), cfg.batch_users):
         sl = slice(lo, lo + cfg.batch_users)
         start, stop, tstop = st.hist_start[sl], st.hist_stop[sl], st.target_stop[sl]
-        users = scorer.user_vectors(input_batch(data.items, start, stop, scorer.max_len))
+        inputs = pad_left(data.items, start, stop, scorer.max_len)  # (B, T)
+        users = scorer.user_vectors(torch.from_numpy(inputs))
         # Exclusion and a repeat term read the whole history, beyond the model's window.
         history = torch.from_numpy(pad_left(data.items, start, stop, int((stop - start).max())))
-        values = scorer.history_offsets(history)
-        offsets = None if values is None else (history, values)
+        values = scorer.history_bias(history)
+        bias = None if values is None else (history, values)
         targets = torch.from_numpy(ragged_to_padded(*gather_ragged(data.items, stop, tstop)))
         if cfg.protocol == "full":
             exclude = drop_targets(history, targets) if cfg.exclude_seen else None
-            ranks, top, _ = rank_and_top_k(users, item_vecs, targets, max_k, exclude, offsets)
+            ranks, top, _ = rank_and_top_k(users, item_vecs, targets, max_k, exclude, bias)
             for k in cfg.ks:
                 covered[k][top[:, :k].numpy().ravel()] = True
         else:
             seen = ragged_to_padded(*gather_ragged(data.items, start, tstop))
             negatives = _sample_unseen(rng, seen, data.num_items, cfg.num_sampled)
-            ranks = _sampled_ranks(users, item_vecs, targets, torch.from_numpy(negatives), offsets)
+            ranks = _sampled_ranks(users, item_vecs, targets, torch.from_numpy(negatives), bias)
         ranks_parts.append(ranks.numpy())
         bar.update(len(start))
     bar.close()

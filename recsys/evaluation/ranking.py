@@ -35,21 +35,21 @@ def _mask_excluded(scores: torch.Tensor, exclude: torch.Tensor | None, lo: int, 
     scores[rows, exclude[rows, cols] - lo] = NEG_INF
 
 
-Offsets = tuple[torch.Tensor, torch.Tensor]  # items (B, H) and their score offsets (B, H)
+HistoryBias = tuple[torch.Tensor, torch.Tensor]  # items (B, H) and their score biases (B, H)
 
 
-def offsets_of(offsets: Offsets, cands: torch.Tensor) -> torch.Tensor:
-    """Score offsets (B, M) of candidate items (B, M): the sum of their listed offsets."""
-    items, values = offsets
+def bias_of(bias: HistoryBias, cands: torch.Tensor) -> torch.Tensor:
+    """Score bias (B, M) of candidate items (B, M): the sum of their listed bias."""
+    items, values = bias
     same = items[:, None, :] == cands[:, :, None]  # (B, M, H)
     return (same * values[:, None, :]).sum(-1)
 
 
-def _add_offsets(scores: torch.Tensor, offsets: Offsets | None, lo: int, hi: int) -> None:
-    """Add offsets (see :data:`Offsets`) of items in [lo, hi) to block scores (B, hi - lo)."""
-    if offsets is None:
+def _add_bias(scores: torch.Tensor, bias: HistoryBias | None, lo: int, hi: int) -> None:
+    """Add bias (see :data:`HistoryBias`) of items in [lo, hi) to block scores (B, hi - lo)."""
+    if bias is None:
         return
-    items, values = offsets
+    items, values = bias
     inside = (items >= lo) & (items < hi) & (values != 0)
     rows, cols = inside.nonzero(as_tuple=True)
     scores.index_put_((rows, items[rows, cols] - lo), values[rows, cols], accumulate=True)
@@ -95,12 +95,12 @@ def rank_and_top_k(
     targets: torch.Tensor | None,
     k: int,
     exclude: torch.Tensor | None = None,
-    offsets: Offsets | None = None,
+    bias: HistoryBias | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """Target ranks (as :func:`target_ranks`) and top-k lists (as :func:`top_k`) in one
     pass over the item blocks, so each score is computed once.
 
-    ``offsets`` (items, values) are added to those items' dot-product scores (a model's
+    ``bias`` (items, values) are added to those items' dot-product scores (a model's
     repeat term) before exclusion."""
     B = users.shape[0]
     num = item_vecs.shape[0]
@@ -109,8 +109,8 @@ def rank_and_top_k(
     best_i = torch.zeros((B, 0), dtype=torch.long)
     if M:
         t_scores = (users[:, None, :] * item_vecs[targets]).sum(-1)  # (B, M)
-        if offsets is not None:
-            t_scores = t_scores + offsets_of(offsets, targets)
+        if bias is not None:
+            t_scores = t_scores + bias_of(bias, targets)
         # Counting is done in numpy: counting a boolean tensor is ~5x slower in torch.
         t = t_scores.numpy()[:, :, None]  # (B, M, 1)
         j = targets.numpy()[:, :, None]  # (B, M, 1)
@@ -120,7 +120,7 @@ def rank_and_top_k(
     for lo in range(0, num, step):
         hi = min(lo + step, num)
         scores = users @ item_vecs[lo:hi].T  # (B, n)
-        _add_offsets(scores, offsets, lo, hi)
+        _add_bias(scores, bias, lo, hi)
         if torch.isnan(scores).any():  # nothing can be ranked; a diverged model
             raise TrainingError(
                 "the model's scores are NaN (its weights overflowed): it diverged in "

@@ -1,4 +1,4 @@
-"""Repeat bias: a learned score offset for items the user already consumed.
+"""Repeat bias: a learned score bias for items the user already consumed.
 
 A sequence model scores items by a dot product, which has no direct way to say "this item
 is in the history": on data where people never repeat (MovieLens ratings) it keeps
@@ -6,9 +6,9 @@ recommending what was just consumed, and on data where they often do (music, gro
 it under-uses the history. This term learns the answer from the data: an item's score is
 raised or lowered by a weight chosen by how long ago, in positions, the user last consumed
 it (log-spaced buckets: 0, 1, 2-3, 4-7, ..., ``2**(n-2)`` or more positions back). Items
-not in the history get no offset, so retrieval over dot products stays exact for them.
+not in the history get no bias, so retrieval over dot products stays exact for them.
 
-Scores are offsets for candidates ``c`` at query positions ``t`` of a left-padded input
+Scores are biases for candidates ``c`` at query positions ``t`` of a left-padded input
 ``(B, T)`` (0 = padding): the weight of ``t - s``, where ``s <= t`` is the last position
 holding ``c``, or 0 if there is none.
 """
@@ -22,7 +22,7 @@ from torch import nn
 
 NUM_BUCKETS = 9  # distances 0, 1, 2-3, 4-7, ..., 64-127, 128+
 # Adam moves a parameter by about the learning rate per step, so a plain weight would need
-# thousands of steps to reach the offsets of several logits that the data asks for (a few
+# thousands of steps to reach the biases of several logits that the data asks for (a few
 # hundred steps train ml-100k). Storing weight / RATE makes the same steps RATE times larger.
 RATE = 25.0
 
@@ -66,11 +66,11 @@ class RepeatBias(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        """(num_buckets,) the score offset of each distance bucket."""
+        """(num_buckets,) the score bias of each distance bucket."""
         return self.raw * RATE
 
     def live(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Offsets (B, T, T) [b, t, s] that input s adds to its item at query t, and where
+        """Biases (B, T, T) [b, t, s] that input s adds to its item at query t, and where
         they apply (bool, same shape).
 
         They apply where s <= t, input s is real, and s is its item's last occurrence up
@@ -92,7 +92,7 @@ class RepeatBias(nn.Module):
         return kernel[None] * alive, alive
 
     def forward(self, inputs: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
-        """Offsets (B, T, C) of candidates ``cands`` (B, T, C) or (B, 1, C) at every position."""
+        """Biases (B, T, C) of candidates ``cands`` (B, T, C) or (B, 1, C) at every position."""
         B, T = inputs.shape
         if cands.shape[1] == 1 and T > 1:
             return self._per_sequence(inputs, cands[:, 0, :])
@@ -116,7 +116,7 @@ class RepeatBias(nn.Module):
         return out.index_put(where, self.weight[self._bucket(dist)])
 
     def _per_sequence(self, inputs: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
-        """Offsets (B, T, C) of the same candidates (B, C) at every position."""
+        """Biases (B, T, C) of the same candidates (B, C) at every position."""
         B, T = inputs.shape
         with torch.no_grad():
             b, c, s = (cands[:, :, None] == inputs[:, None, :]).nonzero(as_tuple=True)
@@ -128,7 +128,7 @@ class RepeatBias(nn.Module):
     def add_dense(
         self, logits: torch.Tensor, inputs: torch.Tensor, real: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Every item's offset added to logits over the whole catalogue.
+        """Every item's bias added to logits over the whole catalogue.
 
         ``logits`` is (B, T, num_items + 1), or (N, num_items + 1) for the N positions
         where ``real`` (B, T) is True, in row-major order.
@@ -144,7 +144,7 @@ class RepeatBias(nn.Module):
         return logits.index_put((*index, inputs[b, s]), values[b, t, s], accumulate=True)
 
     def last_position(self, history: torch.Tensor) -> torch.Tensor:
-        """Offsets (B, H) of each history item (B, H) when ranking what comes after it all.
+        """Biases (B, H) of each history item (B, H) when ranking what comes after it all.
 
         ``history`` is left-padded with 0, most recent item last, and may be longer than
         the model's window. The value sits at each item's last occurrence and is 0 at
@@ -156,22 +156,22 @@ class RepeatBias(nn.Module):
 
 
 @dataclass
-class BatchOffsets:
+class BatchBias:
     """The repeat term bound to one batch's inputs (B, T), as the losses use it."""
 
     repeat: RepeatBias
     inputs: torch.Tensor
 
     def of(self, cands: torch.Tensor) -> torch.Tensor:
-        """Offsets (B, T, C) of candidates (B, T, C) or (B, 1, C)."""
+        """Biases (B, T, C) of candidates (B, T, C) or (B, 1, C)."""
         return self.repeat(self.inputs, cands)
 
     def of_real(self, cands: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        """Offsets (N, C) of candidates (N, C) given for the N real positions (B, T) only."""
+        """Biases (N, C) of candidates (N, C) given for the N real positions (B, T) only."""
         full = torch.zeros(*real.shape, cands.shape[-1], dtype=cands.dtype)
         full[real] = cands
         return self.of(full)[real]
 
     def add_to(self, logits: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        """(N, num_items + 1) logits of the real positions (B, T), plus every offset."""
+        """(N, num_items + 1) logits of the real positions (B, T), plus every bias."""
         return self.repeat.add_dense(logits, self.inputs, real)

@@ -4,7 +4,7 @@ Reads top to bottom: the config, the blocks, the model. Sequences are left-padde
 item 0, so the most recent item is always at position T-1; the user's representation is
 the last position's hidden state, and an item's score is its dot product with it (item
 embeddings are shared between input and output), plus, with ``repeat_bias``, a learned
-offset for items already in the history (:mod:`recsys.models.repeat`).
+bias for items already in the history (:mod:`recsys.models.repeat`).
 """
 
 from __future__ import annotations
@@ -17,40 +17,50 @@ import torch.nn.functional as F
 from torch import nn
 
 from recsys.models.repeat import RepeatBias
+from recsys.options import not_an_option, option
 
 
 @dataclass
 class SASRecConfig:
-    """Every hyper-parameter of the model."""
+    """Every hyper-parameter of the model; each field is an option (``--max-len`` ...)."""
 
-    num_items: int  # catalogue size; indices 1..num_items, 0 is padding
-    max_len: int = 200
-    d_model: int = 64
-    n_layers: int = 2
-    n_heads: int = 2
-    d_ff: int | None = None  # point-wise feed-forward width; None = d_model (the paper's)
-    dropout: float = 0.2  # on embeddings, residual branches and the feed-forward layer
-    # On attention weights. Off by default: on a CPU it makes attention about 4x slower
-    # (a (B, H, T, T) random mask per layer) for no measured gain in accuracy.
-    attn_dropout: float = 0.0
-    pre_ln: bool = True  # False: the paper's post-LN blocks
-    scale_embeddings: bool = True  # multiply item embeddings by sqrt(d_model) (the paper's)
+    max_len: int = option(50, "most recent events the model reads")
+    d_model: int = option(64, "hidden size")
+    n_layers: int = option(2, "attention blocks")
+    n_heads: int = option(2, "attention heads")
+    d_ff: int | None = option(
+        None, "point-wise feed-forward width", default_text="d_model (the paper's)"
+    )
+    dropout: float = option(0.2, "dropout on embeddings, residual branches, feed-forward")
+    # Off by default: on a CPU it makes attention about 4x slower (a (B, H, T, T) random
+    # mask per layer) for no measured gain in accuracy.
+    attn_dropout: float = option(0.0, "dropout on attention weights")
+    pre_ln: bool = option(True, "pre-LN blocks; --no-pre-ln: the paper's post-LN")
+    scale_embeddings: bool = option(True, "multiply item embeddings by sqrt(d_model)")
     # Score with the input item embeddings (the paper's), or with separate output ones
     # (gSASRec's choice, needed for its many-negatives gbce loss to train).
-    tie_embeddings: bool = True
-    # A learned score offset for items already in the history, by how long ago they were
-    # last consumed (recsys.models.repeat): lets the model learn from the data whether
-    # people repeat, which a dot product cannot express.
-    repeat_bias: bool = False
+    tie_embeddings: bool = option(
+        True,
+        "score with the input item embeddings; --no-tie-embeddings: separate output "
+        "ones (gSASRec's; use with gbce)",
+    )
+    # Lets the model learn from the data whether people repeat, which a dot product
+    # cannot express (recsys.models.repeat).
+    repeat_bias: bool = option(
+        True,
+        "learn a score bias for items already in the history, by how long ago they were consumed",
+    )
+    num_items: int = not_an_option(0)  # catalogue size, from the data; 0 = padding
 
     def __post_init__(self) -> None:
-        if self.num_items < 1:
-            raise ValueError(f"num_items={self.num_items}: expected at least 1")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         for name in ("dropout", "attn_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name}={getattr(self, name)}: expected 0 <= {name} < 1")
+        for name in ("max_len", "d_model", "n_layers", "n_heads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: expected at least 1")
 
 
 def attention_mask(items: torch.Tensor) -> torch.Tensor:
@@ -138,6 +148,8 @@ class SASRec(nn.Module):
 
     def __init__(self, cfg: SASRecConfig):
         super().__init__()
+        if cfg.num_items < 1:
+            raise ValueError(f"num_items={cfg.num_items}: expected at least 1 (the catalogue)")
         self.cfg = cfg
         self.item_emb = nn.Embedding(cfg.num_items + 1, cfg.d_model, padding_idx=0)
         self.pos_emb = nn.Embedding(cfg.max_len, cfg.d_model)
@@ -200,9 +212,9 @@ class SASRec(nn.Module):
         """
         return h @ self.output_items().T
 
-    def history_offsets(self, items: torch.Tensor) -> torch.Tensor | None:
-        """Score offsets (B, H) of history items (B, H; left-padded, any length) when
-        ranking after the last one (each item's offset sits at its last occurrence), or
+    def history_bias(self, items: torch.Tensor) -> torch.Tensor | None:
+        """Score biases (B, H) of history items (B, H; left-padded, any length) when
+        ranking after the last one (each item's bias sits at its last occurrence), or
         None without a repeat term."""
         return None if self.repeat is None else self.repeat.last_position(items)
 

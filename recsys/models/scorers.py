@@ -6,10 +6,33 @@ most-popular baseline alike, so both go through the same ranking code.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 import torch
 
 from recsys.models.sasrec import SASRec
+
+MODEL_KINDS = ("sasrec", "most-popular")
+
+
+class Scorer(Protocol):
+    """What evaluation and retrieval need of a model."""
+
+    max_len: int
+
+    def user_vectors(self, inputs: torch.Tensor) -> torch.Tensor:
+        """(B, d) vectors of left-padded histories (B, max_len)."""
+        ...
+
+    def item_vectors(self) -> torch.Tensor:
+        """(num_items + 1, d) item vectors; row 0 is padding."""
+        ...
+
+    def history_bias(self, history: torch.Tensor) -> torch.Tensor | None:
+        """Score biases (B, H) of whole left-padded histories (B, H), or None (scores are
+        dot products)."""
+        ...
 
 
 class SASRecScorer:
@@ -29,9 +52,9 @@ class SASRecScorer:
         return self.model.output_items().detach()
 
     @torch.no_grad()
-    def history_offsets(self, history: torch.Tensor) -> torch.Tensor | None:
-        """(B, H) score offsets of whole left-padded histories (the repeat term), or None."""
-        return self.model.history_offsets(history)
+    def history_bias(self, history: torch.Tensor) -> torch.Tensor | None:
+        """(B, H) score biases of whole left-padded histories (the repeat term), or None."""
+        return self.model.history_bias(history)
 
 
 class MostPopular:
@@ -50,6 +73,6 @@ class MostPopular:
         """(num_items + 1, 1) training counts."""
         return self.counts
 
-    def history_offsets(self, history: torch.Tensor) -> None:
+    def history_bias(self, history: torch.Tensor) -> None:
         """None: the history does not change the scores."""
         return None

@@ -31,10 +31,3 @@ def training_batch(
     return torch.from_numpy(np.ascontiguousarray(inputs)), torch.from_numpy(
         np.ascontiguousarray(targets)
     )
-
-
-def input_batch(
-    items: np.ndarray, start: np.ndarray, stop: np.ndarray, max_len: int
-) -> torch.Tensor:
-    """Model inputs (B, max_len) for scoring: the last ``max_len`` events of each range."""
-    return torch.from_numpy(pad_left(items, start, stop, max_len))

@@ -13,9 +13,9 @@ row 0 is padding:
   per position, and the positive probability raised to ``beta``, calibrated by ``t``
   against the sampling rate, which undoes BCE's over-confidence under sampling.
 
-With a repeat term (:mod:`recsys.models.repeat`), ``offsets`` adds each candidate's
-learned offset to its logit: ``offsets.of(cands)`` for sampled candidates, and
-``offsets.add_to(logits, real)`` where the logits cover the whole catalogue.
+With a repeat term (:mod:`recsys.models.repeat`), ``bias`` adds each candidate's
+learned bias to its logit: ``bias.of(cands)`` for sampled candidates, and
+``bias.add_to(logits, real)`` where the logits cover the whole catalogue.
 
 Embeddings are looked up with ``F.embedding``, whose backward pass is deterministic on a
 CPU (advanced indexing's is not). sampled-softmax draws its negatives per sequence (one
@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from recsys.models.repeat import BatchOffsets, RepeatBias
+from recsys.models.repeat import BatchBias, RepeatBias
 
 LOSSES = ("ce", "bce", "sampled-softmax", "gbce")
 GBCE_POOL = 8192  # gbce draws each position's negatives from this many items per batch
@@ -38,12 +38,12 @@ def ce_loss(
     h: torch.Tensor,
     targets: torch.Tensor,
     items: torch.Tensor,
-    offsets: BatchOffsets | None = None,
+    bias: BatchBias | None = None,
 ) -> torch.Tensor:
     real = targets != 0
     logits = h[real] @ items.T  # (N, I + 1)
-    if offsets is not None:
-        logits = offsets.add_to(logits, real)
+    if bias is not None:
+        logits = bias.add_to(logits, real)
     logits[:, 0] = float("-inf")
     return F.cross_entropy(logits, targets[real])
 
@@ -53,15 +53,15 @@ def bce_loss(
     targets: torch.Tensor,
     items: torch.Tensor,
     gen: torch.Generator,
-    offsets: BatchOffsets | None = None,
+    bias: BatchBias | None = None,
 ) -> torch.Tensor:
     real = targets != 0
     h, flat = h[real], targets[real]  # (N, d), (N,)
     neg = torch.randint(1, items.shape[0], flat.shape, generator=gen)  # (N,)
     pos_logit = (h * F.embedding(flat, items)).sum(-1)  # (N,)
     neg_logit = (h * F.embedding(neg, items)).sum(-1)  # (N,)
-    if offsets is not None:
-        off = offsets.of_real(torch.stack([flat, neg], -1), real)  # (N, 2)
+    if bias is not None:
+        off = bias.of_real(torch.stack([flat, neg], -1), real)  # (N, 2)
         pos_logit, neg_logit = pos_logit + off[:, 0], neg_logit + off[:, 1]
     hit = (neg != flat).float()
     return (-F.logsigmoid(pos_logit) - F.logsigmoid(-neg_logit) * hit).mean()
@@ -83,14 +83,14 @@ def sampled_softmax_loss(
     log_q: torch.Tensor,
     k: int,
     gen: torch.Generator,
-    offsets: BatchOffsets | None = None,
+    bias: BatchBias | None = None,
 ) -> torch.Tensor:
     B = h.shape[0]
     neg = torch.multinomial(log_q.exp(), B * k, replacement=True, generator=gen).view(B, k)
     pos, negs = _negative_logits(h, targets, items, neg)
-    if offsets is not None:
-        pos = pos + offsets.of(targets[:, :, None])[..., 0]  # (B, T)
-        negs = negs + offsets.of(neg[:, None, :])  # (B, T, k)
+    if bias is not None:
+        pos = pos + bias.of(targets[:, :, None])[..., 0]  # (B, T)
+        negs = negs + bias.of(neg[:, None, :])  # (B, T, k)
     correction = log_q.masked_fill(log_q == float("-inf"), 0.0)  # padding: never drawn
     pos = pos - correction[targets]  # (B, T)
     negs = negs - correction[neg][:, None, :]  # (B, T, k)
@@ -106,7 +106,7 @@ def gbce_loss(
     k: int,
     t: float,
     gen: torch.Generator,
-    offsets: BatchOffsets | None = None,
+    bias: BatchBias | None = None,
 ) -> torch.Tensor:
     num_items = items.shape[0] - 1
     real = targets != 0
@@ -120,15 +120,15 @@ def gbce_loss(
         pool = torch.randint(1, num_items + 1, (GBCE_POOL,), generator=gen)
     pick = torch.randint(0, len(pool), (len(flat), k), generator=gen)  # (N, k)
     neg = pool[pick]  # (N, k)
-    if offsets is not None and num_items <= GBCE_POOL:
-        # The pool is the catalogue: add the offsets to its score matrix, then gather.
-        scores = offsets.add_to(h @ items.T, real)  # (N, I + 1)
+    if bias is not None and num_items <= GBCE_POOL:
+        # The pool is the catalogue: add the bias to its score matrix, then gather.
+        scores = bias.add_to(h @ items.T, real)  # (N, I + 1)
         pos, negs = scores.gather(1, flat[:, None])[:, 0], scores.gather(1, neg)
     else:
         negs = (h @ F.embedding(pool, items).T).gather(1, pick)  # (N, k)
         pos = (h * F.embedding(flat, items)).sum(-1)  # (N,)
-        if offsets is not None:
-            off = offsets.of_real(torch.cat([flat[:, None], neg], -1), real)
+        if bias is not None:
+            off = bias.of_real(torch.cat([flat[:, None], neg], -1), real)
             pos, negs = pos + off[:, 0], negs + off[:, 1:]  # (N,), (N, k)
     alpha = k / max(num_items - 1, 1)
     beta = alpha * (t * (1 - 1 / alpha) + 1 / alpha)
@@ -154,21 +154,21 @@ def sequence_loss(
 
     Positions whose target is 0 are ignored. ``log_q`` (I + 1,) is the log sampling
     distribution of ``sampled-softmax`` (item popularity, -inf at padding). With a
-    ``repeat`` term, ``inputs`` (B, T) are the input items its offsets are taken from.
+    ``repeat`` term, ``inputs`` (B, T) are the input items its bias are taken from.
     """
-    offsets = None
+    bias = None
     if repeat is not None:
         assert inputs is not None, "the repeat term needs the input items"
-        offsets = BatchOffsets(repeat, inputs)
+        bias = BatchBias(repeat, inputs)
     if kind == "ce":
-        return ce_loss(h, targets, items, offsets)
+        return ce_loss(h, targets, items, bias)
     if kind == "bce":
-        return bce_loss(h, targets, items, gen, offsets)
+        return bce_loss(h, targets, items, gen, bias)
     if kind == "sampled-softmax":
         assert log_q is not None, "sampled-softmax needs the sampling distribution"
-        return sampled_softmax_loss(h, targets, items, log_q, num_negatives, gen, offsets)
+        return sampled_softmax_loss(h, targets, items, log_q, num_negatives, gen, bias)
     if kind == "gbce":
-        return gbce_loss(h, targets, items, num_negatives, gbce_t, gen, offsets)
+        return gbce_loss(h, targets, items, num_negatives, gbce_t, gen, bias)
     raise ValueError(f"loss {kind!r} is unknown; expected one of {LOSSES}")
 
 

@@ -31,6 +31,7 @@ from recsys.evaluation.evaluate import EvalConfig, evaluate
 from recsys.io import atomic_file
 from recsys.models.sasrec import SASRec, SASRecConfig
 from recsys.models.scorers import SASRecScorer
+from recsys.options import option
 from recsys.training.batches import training_batch
 from recsys.training.losses import LOSSES, popularity_log_q, sequence_loss
 
@@ -57,23 +58,37 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
 
 @dataclass
 class TrainConfig:
-    """Every optimisation hyper-parameter."""
+    """Every optimisation hyper-parameter; each field is an option (``--lr`` ...)."""
 
-    loss: str = "sampled-softmax"
-    epochs: int = 200  # at most; early stopping usually ends sooner
-    batch_size: int = 128
-    lr: float = 2e-3
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0  # max gradient norm; 0 = off
-    num_negatives: int = 256  # sampled-softmax and gbce
-    gbce_t: float = 0.75  # gbce calibration
-    patience: int = 10  # evaluations without improvement before stopping
-    eval_every: int = 1  # epochs between validations
-    seed: int = 0
-    threads: int = 0  # torch threads; 0 = the cores this process may use
-    # Which max_len + 1 training events of a longer user an epoch shows: "last" (the
-    # paper's) or a "random" full window, so that older events are trained on too.
-    window: str = "random"
+    # Best validation NDCG@10 per second of training on ml-100k (benchmarks/ml100k.py).
+    loss: str = option(
+        "sampled-softmax",
+        "training loss: ce full softmax; bce the paper's, one negative; sampled-softmax "
+        "popularity negatives with log-Q correction; gbce gSASRec's (needs a long patience)",
+        choices=LOSSES,
+    )
+    epochs: int = option(200, "most epochs; early stopping usually ends sooner")
+    batch_size: int = option(128, "users per batch (batched by similar length)")
+    lr: float = option(2e-3, "AdamW learning rate")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    grad_clip: float = option(1.0, "max gradient norm; 0 = off")
+    num_negatives: int = option(256, "negatives for sampled-softmax and gbce")
+    gbce_t: float = option(0.75, "gbce calibration")
+    patience: int = option(
+        10,
+        "validations without improvement before stopping (gbce sits at the popularity "
+        "level for dozens of epochs on small data: give it ~60)",
+    )
+    eval_every: int = option(1, "epochs between validations")
+    seed: int = option(0, "random seed")
+    threads: int = option(0, "torch threads; 0 = the cores this process may use")
+    # "last" is the paper's; a random full window trains on older events too.
+    window: str = option(
+        "random",
+        "which max-len events of a longer user an epoch trains on: a random full window, "
+        "or the last",
+        choices=("random", "last"),
+    )
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:

@@ -1,0 +1,52 @@
+"""Compare job: the finished training runs of an experiment, with CIs and paired tests.
+
+Run it as ``recsys compare --experiment NAME [--output DIR]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from recsys.comparison import compare, log_report, to_markdown, write_report
+from recsys.options import option
+from recsys.tracking import URI_HELP
+
+
+@dataclass
+class CompareConfig:
+    """Which runs to compare, on what, and where the report goes."""
+
+    experiment: str = option(help="MLflow experiment")
+    runs: list[str] | None = option(
+        None, "run ids (or prefixes) to compare", default_text="all finished runs"
+    )
+    baseline: str | None = option(
+        None, "run id (or prefix) to test against", default_text="the first run"
+    )
+    metric: str = option("test_ndcg_at_10", "metric to compare")
+    output: str | None = option(None, "folder for comparison.csv, .md and .png charts")
+    allow_mixed: bool = option(False, "compare runs on different data or protocols anyway")
+    log: bool = option(True, "log the report as artifacts of a comparison run (with --output)")
+    tracking_uri: str | None = option(None, "MLflow tracking URI", default_text=URI_HELP)
+
+
+def run(cfg: CompareConfig) -> dict[str, Any]:
+    """Compare, write and log the report; return the table, its Markdown and the files."""
+    table = compare(
+        cfg.experiment,
+        runs=cfg.runs,
+        baseline=cfg.baseline,
+        metric=cfg.metric,
+        allow_mixed=cfg.allow_mixed,
+        tracking_uri=cfg.tracking_uri,
+    )
+    out: dict[str, Any] = {"table": table, "markdown": to_markdown(table, cfg.metric)}
+    files: list[Path] = []
+    if cfg.output:
+        files = write_report(table, cfg.metric, cfg.output, cfg.tracking_uri)
+        if cfg.log:
+            out["run_id"] = log_report(cfg.experiment, files, cfg.metric, cfg.tracking_uri)
+    out["files"] = files
+    return out
