@@ -54,7 +54,9 @@ def run(cfg: EvaluateJobConfig) -> dict[str, Any]:
     eval_cfg = EvalConfig(
         ks=tuple(cfg.eval_ks), exclude_seen=not cfg.include_seen_in_eval, protocol=cfg.protocol
     )
-    eval_cfg.check(data.num_items)
+    eval_cfg = eval_cfg.within(data.num_items)
+    if cfg.log:  # before evaluating: a tracking server that is down fails at once
+        setup(cfg.experiment or info["dataset_name"], cfg.tracking_uri)
     res = evaluate(bundle.scorer, data, cfg.stage, eval_cfg, progress=cfg.progress)
     out: dict[str, Any] = {
         "model": cfg.model,
@@ -64,7 +66,6 @@ def run(cfg: EvaluateJobConfig) -> dict[str, Any]:
         "metrics": res.flat(),
     }
     if cfg.log:
-        setup(cfg.experiment or info["dataset_name"], cfg.tracking_uri)
         with mlflow.start_run(run_name=f"evaluate {bundle.meta['kind']}") as active:
             log_params({**to_flat(cfg), **info})
             mlflow.set_tags({"kind": "evaluation", "evaluated_model": cfg.model})

@@ -1,11 +1,10 @@
 """Generate job: a deterministic synthetic interaction log (Parquet).
 
-Run it as ``recsys generate ...`` or ``python -m pipelines.generate ...`` (same flags).
+Run it as ``recsys generate ...`` (``python -m recsys.cli generate ...``), or call :func:`run`.
 """
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 from recsys.data.synthetic import SyntheticSpec, generate
@@ -45,9 +44,3 @@ def run(config: GenerateConfig) -> dict[str, int]:
         clusters=config.clusters,
     )
     return generate(spec, config.output)
-
-
-if __name__ == "__main__":
-    from recsys.cli import main
-
-    sys.exit(main(["generate", *sys.argv[1:]]))

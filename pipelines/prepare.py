@@ -1,11 +1,10 @@
 """Prepare job: raw interaction log → prepared-dataset folder.
 
-Run it as ``recsys prepare ...`` or ``python -m pipelines.prepare ...`` (same flags).
+Run it as ``recsys prepare ...`` (``python -m recsys.cli prepare ...``), or call :func:`run`.
 """
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,9 +124,3 @@ def run(config: PrepareConfig) -> dict[str, Any]:
         inputs=inputs,
         config=to_flat(config),
     )
-
-
-if __name__ == "__main__":
-    from recsys.cli import main
-
-    sys.exit(main(["prepare", *sys.argv[1:]]))

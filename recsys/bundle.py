@@ -240,8 +240,9 @@ def resolve_model(spec: str, tracking_uri: str | None = None) -> Path:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from recsys.tracking import resolve_uri
+    from recsys.tracking import check_reachable, resolve_uri
 
+    check_reachable(resolve_uri(tracking_uri))
     mlflow.set_tracking_uri(resolve_uri(tracking_uri))
     try:
         if spec.startswith("models:/"):

@@ -66,8 +66,9 @@ def load_runs(
     """Finished training runs of ``experiment`` (or the given run ids, by prefix)."""
     import mlflow
 
-    from recsys.tracking import resolve_uri
+    from recsys.tracking import check_reachable, resolve_uri
 
+    check_reachable(resolve_uri(tracking_uri))
     client = mlflow.MlflowClient(resolve_uri(tracking_uri))
     exp = client.get_experiment_by_name(experiment)
     if exp is None:

@@ -32,6 +32,26 @@ def resolve_uri(explicit: str | None = None) -> str:
     return f"sqlite:///{(DEFAULT_STORE / 'mlflow.db').resolve()}"
 
 
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Raise ``ValueError`` at once if ``uri`` is an HTTP tracking server that cannot be
+    reached (MLflow itself retries for minutes before it gives up)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return  # it answered: reachable, whatever it thinks of /health
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise ValueError(
+            f"cannot reach the MLflow tracking server at {uri!r} ({reason}); start it, or "
+            "give another --tracking-uri"
+        ) from None
+
+
 def _artifact_root(uri: str) -> str | None:
     # A SQLite store keeps its artifacts beside the database file; a server decides itself.
     if uri.startswith("sqlite:///"):
@@ -51,6 +71,7 @@ def setup(experiment: str, uri: str | None = None) -> str:
     # The name becomes part of the experiment's artifact path.
     safe_name(experiment, "experiment name")
     uri = resolve_uri(uri)
+    check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     if project_run_id():
         # Under `mlflow run`, the project's run (and its experiment) is already chosen.

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,7 @@ def write(tmp_path: Path):
     return _write
 
 
-def make_prepared(
+def _make_prepared(
     path: Path,
     sequences: list[list[int]],
     name: str = "tiny",
@@ -71,7 +72,7 @@ def make_prepared(
     return path
 
 
-def successor_sequences(users: int, items: int, seed: int = 0) -> list[list[int]]:
+def _successor_sequences(users: int, items: int, seed: int = 0) -> list[list[int]]:
     """Known-answer data: item i is always followed by item i + 1 (wrapping at ``items``)."""
     import numpy as np
 
@@ -81,3 +82,94 @@ def successor_sequences(users: int, items: int, seed: int = 0) -> list[list[int]
         start, length = rng.integers(1, items + 1), rng.integers(8, 16)
         out.append([int((start - 1 + j) % items + 1) for j in range(length)])
     return out
+
+
+@pytest.fixture(scope="session")
+def make_prepared():
+    """``make_prepared(path, sequences, name="tiny", start=None, **prepare_options)``: a
+    prepared-dataset folder whose user ``u`` (1-based) has events ``sequences[u-1]``."""
+    return _make_prepared
+
+
+@pytest.fixture(scope="session")
+def successor_sequences():
+    """``successor_sequences(users, items, seed=0)``: known-answer data where item i is
+    always followed by item i + 1."""
+    return _successor_sequences
+
+
+# Small, fast training settings for end-to-end tests of the train job.
+TINY = [
+    "--epochs",
+    "2",
+    "--max-len",
+    "20",
+    "--d-model",
+    "16",
+    "--batch-size",
+    "64",
+    "--no-progress",
+    "--eval-ks",
+    "5",
+    "10",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny() -> list[str]:
+    """Flags for a small, fast ``recsys train`` (2 epochs, d 16, cut-offs 5 and 10)."""
+    return list(TINY)
+
+
+@pytest.fixture(scope="session")
+def line_of():
+    """``line_of(out, key)``: the value printed as ``key: value`` in a job's output."""
+
+    def _line(out: str, key: str) -> str:
+        return next(
+            line.split(": ", 1)[1] for line in out.splitlines() if line.startswith(key + ":")
+        )
+
+    return _line
+
+
+@pytest.fixture(scope="session")
+def free_port():
+    """``free_port()``: a free TCP port on 127.0.0.1."""
+
+    def _free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    return _free_port
+
+
+# Successor data and the settings that learn it, shared by the Recommender and scorer tests.
+SUCCESSOR_FITS = {
+    "sasrec": {"repeat_bias": True},  # the default model
+    "sasrec-plain": {"repeat_bias": False},  # the paper's model
+    "most-popular": {"model": "most-popular"},
+}
+
+
+@pytest.fixture(scope="session")
+def successor_model(tmp_path_factory):
+    """``successor_model(kind)``: a Recommender fitted (once per session) on 300 users of
+    successor data over 40 items; kinds are the keys of ``SUCCESSOR_FITS``."""
+    from recsys import Recommender
+
+    fitted = {}
+
+    def get(kind: str) -> Recommender:
+        if kind not in fitted:
+            root = tmp_path_factory.mktemp(kind)
+            data = _make_prepared(root / "d", _successor_sequences(300, 40))
+            rec = Recommender(
+                epochs=25, max_len=16, d_model=32, progress=False, loss="ce", lr=1e-2,
+                **SUCCESSOR_FITS[kind],
+            )  # fmt: skip
+            fitted[kind] = rec.fit(data, output=root / "bundle")
+        return fitted[kind]
+
+    return get

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import make_prepared, successor_sequences
 
 import recsys
 from recsys.cli import main
@@ -26,7 +25,7 @@ COMMON = [
 
 
 @pytest.fixture(scope="module")
-def experiment(tmp_path_factory):
+def experiment(tmp_path_factory, make_prepared, successor_sequences):
     root = tmp_path_factory.mktemp("cmp")
     data = make_prepared(root / "d", successor_sequences(400, 30, seed=5))
     uri = f"sqlite:///{root / 'mlflow.db'}"
@@ -62,6 +61,7 @@ def experiment(tmp_path_factory):
     return uri
 
 
+@pytest.mark.slow  # trains the runs it compares
 def test_seeds_do_not_differ_and_crippled_is_worse(experiment, tmp_path, capsys):
     table = recsys.compare("cmp", tracking_uri=experiment)
     rows = {r["name"]: r for r in table.iter_rows(named=True)}
@@ -93,6 +93,7 @@ def test_seeds_do_not_differ_and_crippled_is_worse(experiment, tmp_path, capsys)
     assert (out / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.slow  # trains the runs it compares
 def test_runs_on_different_datasets_are_refused(experiment, capsys):
     with pytest.raises(ValueError, match="runs differ in dataset_name"):
         recsys.compare("cmp-mixed", tracking_uri=experiment)
@@ -107,7 +108,9 @@ def test_paired_bootstrap_and_holm_known_answers():
     assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
 
 
-def test_sweep_children_failures_and_rerun(tmp_path, capsys):
+def test_sweep_children_failures_and_rerun(
+    tmp_path, capsys, line_of, make_prepared, successor_sequences
+):
     from mlflow import MlflowClient
 
     data = make_prepared(tmp_path / "d", successor_sequences(80, 20, seed=7))
@@ -135,19 +138,19 @@ def test_sweep_children_failures_and_rerun(tmp_path, capsys):
     assert out.count("status=finished") == 2 and out.count("status=failed") == 2
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("sw").experiment_id
-    parent = _line(out, "parent run")
+    parent = line_of(out, "parent run")
     children = client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
     assert sorted(c.info.status for c in children) == ["FAILED", "FAILED", "FINISHED", "FINISHED"]
     assert all(c.data.params.get("parent_run_id") in (None, parent) for c in children)
     # Again: the finished children are skipped, the failed ones tried again.
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert _line(out, "parent run") == parent
+    assert line_of(out, "parent run") == parent
     assert out.count("skipped (finished before)") == 2 and out.count("status=failed") == 2
     assert client.get_run(parent).info.status == "FINISHED"
     table = recsys.compare("sw", tracking_uri=uri)
     assert table.height == 2 and "seed=1" in table["params"][0]
 
 
-def _line(out: str, key: str) -> str:
+def line_of(out: str, key: str) -> str:
     return next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith(key + ":"))

@@ -2,7 +2,6 @@ import json
 
 import numpy as np
 import pytest
-from conftest import make_prepared
 
 from recsys.data.dataset import SequenceData, gather_ragged, pad_left, ragged_to_padded
 
@@ -20,7 +19,7 @@ def test_gather_and_pad_ragged_exact():
     assert ragged_to_padded(flat, offsets).tolist() == [[6, 7], [8, 0], [0, 0]]
 
 
-def test_load_stages_and_counts(tmp_path):
+def test_load_stages_and_counts(tmp_path, make_prepared):
     # users: 1 → [10, 11, 12, 13], 2 → [11, 12, 10]; item_idx of ID 10 is 1, 11 → 2, ...
     path = make_prepared(tmp_path / "d", [[10, 11, 12, 13], [11, 12, 10]])
     d = SequenceData.load(path)
@@ -38,7 +37,7 @@ def test_load_stages_and_counts(tmp_path):
     assert d.item_counts().tolist() == [0, 1, 2, 0, 0]  # training events only
 
 
-def test_temporal_users_without_history_are_counted(tmp_path):
+def test_temporal_users_without_history_are_counted(tmp_path, make_prepared):
     # User 2's only events come after the cut-off: a target, but nothing to predict from.
     path = make_prepared(
         tmp_path / "d",
@@ -58,7 +57,7 @@ def test_not_a_prepared_folder(tmp_path):
         SequenceData.load(tmp_path)
 
 
-def test_schema_version_mismatch(tmp_path):
+def test_schema_version_mismatch(tmp_path, make_prepared):
     path = make_prepared(tmp_path / "d", [[1, 2, 3]])
     m = json.loads((path / "manifest.json").read_text())
     m["schema_version"] = 999
@@ -67,7 +66,7 @@ def test_schema_version_mismatch(tmp_path):
         SequenceData.load(path)
 
 
-def test_unknown_stage(tmp_path):
+def test_unknown_stage(tmp_path, make_prepared):
     d = SequenceData.load(make_prepared(tmp_path / "d", [[1, 2, 3]]))
     with pytest.raises(ValueError, match="'train'"):
         d.stage("train")

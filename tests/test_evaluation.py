@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 import torch
-from conftest import make_prepared
 
 import recsys.evaluation.ranking as ranking
 from recsys.data.dataset import SequenceData
@@ -124,7 +123,7 @@ def test_sampled_negatives_are_unseen_and_in_range():
     assert set(neg[1].tolist()) <= {1, 2, 3, 8}
 
 
-def test_most_popular_exact_metrics(tmp_path):
+def test_most_popular_exact_metrics(tmp_path, make_prepared):
     # IDs equal indices here. Test targets: user 1 → 4, user 2 → 1, user 3 → 3.
     seqs = [[1, 2, 3, 1, 4], [2, 1, 5, 2, 1], [1, 5, 5, 4, 3]]
     d = SequenceData.load(make_prepared(tmp_path / "d", seqs))
@@ -154,7 +153,7 @@ class PenalisedPopular(MostPopular):
         return torch.where(inputs != 0, -10.0, 0.0)
 
 
-def test_history_bias_reaches_the_whole_history(tmp_path):
+def test_history_bias_reaches_the_whole_history(tmp_path, make_prepared):
     # Same data as above. The scorer's window is 1 item, but its biases cover the whole
     # history: each history item sinks by 10 (counts are at most 3), so ranking with the
     # history included gives the excluded ranks [1, 0, 1], except that user 2's own
@@ -167,7 +166,7 @@ def test_history_bias_reaches_the_whole_history(tmp_path):
     assert res.per_user["best_rank"].to_list() == [1, 2, 1]
 
 
-def test_metric_names_label_the_protocol(tmp_path):
+def test_metric_names_label_the_protocol(tmp_path, make_prepared):
     d = SequenceData.load(make_prepared(tmp_path / "d", [[1, 2, 3, 4]] * 3 + [[5, 6, 7, 8]]))
     full = evaluate(MostPopular(d.item_counts()), d, "test", EvalConfig(ks=(10,)))
     assert "test_ndcg_at_10" in full.flat() and "test_ndcg_at_10_ci_low" in full.flat()

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 PROJECT = Path(__file__).resolve().parents[1] / "mlflow"
 
@@ -38,6 +39,7 @@ def _mlflow_run(entry: str, params: dict[str, str], cwd: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+@pytest.mark.slow  # `mlflow run` subprocesses
 def test_generate_and_prepare_entry_points(tmp_path):
     _mlflow_run(
         "generate",

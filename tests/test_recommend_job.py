@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import polars as pl
 import pytest
-from conftest import make_prepared, successor_sequences
 
 import pipelines.recommend as job
 from recsys import Recommender
@@ -12,7 +11,7 @@ from recsys.cli import main
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
+def bundle(tmp_path_factory, make_prepared, successor_sequences):
     root = tmp_path_factory.mktemp("job")
     # Raw IDs that are not their indices: offset by 1000.
     seqs = [[i + 1000 for i in s] for s in successor_sequences(230, 30, seed=2)]

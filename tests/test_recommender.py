@@ -1,36 +1,29 @@
 import numpy as np
 import polars as pl
 import pytest
-from conftest import make_prepared, successor_sequences
 
 from recsys import Recommender
 from recsys.recommender import NotFittedError
 from recsys.retrieval.index import IndexConfig, ItemIndex
 
 
-def fit_successors(root, repeat_bias: bool) -> Recommender:
-    data = make_prepared(root / "d", successor_sequences(300, 40))
-    rec = Recommender(
-        epochs=25,
-        max_len=16,
-        d_model=32,
-        progress=False,
-        loss="ce",
-        lr=1e-2,
-        repeat_bias=repeat_bias,
-    )
-    return rec.fit(data, output=root / "bundle")
-
-
 @pytest.fixture(scope="module")
-def fitted(tmp_path_factory):
+def fitted(successor_model):
     # The paper's model (no repeat term); fitted_repeat below covers the default.
-    return fit_successors(tmp_path_factory.mktemp("rec"), repeat_bias=False)
+    return successor_model("sasrec-plain")
 
 
 def test_fit_returns_self_and_sets_learned_state(fitted):
+    from sklearn.base import clone
+    from sklearn.utils.validation import check_is_fitted
+
     assert isinstance(fitted, Recommender) and hasattr(fitted, "bundle_")
     assert len(fitted.history_) > 0
+    check_is_fitted(fitted)
+    fresh = clone(fitted)  # unfitted, same parameters
+    assert fresh.get_params() == fitted.get_params() and not hasattr(fresh, "bundle_")
+    with pytest.raises(NotFittedError):
+        check_is_fitted(fresh)
 
 
 def test_unfitted_is_a_clear_error():
@@ -109,8 +102,8 @@ def test_load_from_bundle_folder(fitted):
 
 
 @pytest.fixture(scope="module")
-def fitted_repeat(tmp_path_factory):
-    return fit_successors(tmp_path_factory.mktemp("rep"), repeat_bias=True)
+def fitted_repeat(successor_model):
+    return successor_model("sasrec")
 
 
 def test_repeat_term_learns_that_nobody_repeats(fitted_repeat):

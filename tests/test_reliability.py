@@ -16,9 +16,7 @@ import pandas as pd
 import polars as pl
 import pyarrow.dataset as pads
 import pytest
-from conftest import make_prepared, successor_sequences
 from mlflow import MlflowClient
-from test_train_job import TINY, _line
 
 from recsys.cli import main
 
@@ -171,13 +169,13 @@ def test_dataset_name_cannot_escape(tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, make_prepared, successor_sequences, tiny):
     """A prepared dataset and a finished training run folder (own MLflow store)."""
     root = tmp_path_factory.mktemp("rel")
     data = make_prepared(root / "d", successor_sequences(60, 12), name="rel")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     out = root / "run"
-    args = ["train", "--data", str(data), *TINY, "--output", str(out), "--tracking-uri", uri]
+    args = ["train", "--data", str(data), *tiny, "--output", str(out), "--tracking-uri", uri]
     assert main(args) == 0
     return {"data": data, "run": out, "uri": uri, "args": args}
 
@@ -189,13 +187,13 @@ def _copy(src: Path, dst: Path) -> Path:
     return dst
 
 
-def test_damaged_dataset_is_refused_before_training(trained, tmp_path, capsys):
+def test_damaged_dataset_is_refused_before_training(trained, tmp_path, capsys, tiny):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     for name in ("vocab_items.parquet", "sequences/part-00000.parquet"):
         data = _copy(trained["data"], tmp_path / name.replace("/", "_"))
         f = data / name
         f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
-        args = ["--data", str(data), *TINY, "--tracking-uri", uri]
+        args = ["--data", str(data), *tiny, "--tracking-uri", uri]
         assert main(["train", *args, "--output", str(tmp_path / f"run-{f.stem}")]) == 2
         line = one_error_line(capsys)
         assert f"{str(f)!r} does not match the checksum" in line
@@ -204,22 +202,22 @@ def test_damaged_dataset_is_refused_before_training(trained, tmp_path, capsys):
     assert MlflowClient(uri).search_registered_models() == []
 
 
-def test_corrupt_manifest_is_one_line(trained, tmp_path, capsys):
+def test_corrupt_manifest_is_one_line(trained, tmp_path, capsys, tiny):
     data = _copy(trained["data"], tmp_path / "d")
     (data / "manifest.json").write_text('{"schema_version": 1,\n')
-    assert main(["train", "--data", str(data), *TINY, "--output", str(tmp_path / "r")]) == 2
+    assert main(["train", "--data", str(data), *tiny, "--output", str(tmp_path / "r")]) == 2
     line = one_error_line(capsys)
     assert "manifest.json' is corrupt: not valid JSON" in line and "line 2" in line
 
 
-def test_crafted_manifest_name_cannot_escape(trained, tmp_path, capsys):
+def test_crafted_manifest_name_cannot_escape(trained, tmp_path, capsys, tiny):
     data = _copy(trained["data"], tmp_path / "d")
     m = json.loads((data / "manifest.json").read_text())
     m["dataset"]["name"] = "../../escape"
     (data / "manifest.json").write_text(json.dumps(m))
-    assert main(["train", "--data", str(data), *TINY, "--output", str(tmp_path / "r")]) == 2
+    assert main(["train", "--data", str(data), *tiny, "--output", str(tmp_path / "r")]) == 2
     assert "'../../escape' is not allowed" in one_error_line(capsys)
-    args = ["train", "--data", str(trained["data"]), *TINY, "--output", str(tmp_path / "r2")]
+    args = ["train", "--data", str(trained["data"]), *tiny, "--output", str(tmp_path / "r2")]
     assert main([*args, "--experiment", "a/../../b"]) == 2
     assert "experiment name 'a/../../b' is not allowed" in one_error_line(capsys)
     assert main([*args, "--register-name", "x y"]) == 2
@@ -245,59 +243,64 @@ def test_bundle_without_checksums_still_fails_cleanly(trained, tmp_path, capsys)
     del doc["files"]
     (bundle / "bundle.json").write_text(json.dumps(doc))
     (bundle / "weights.pt").write_bytes(b"\x80\x02garbage")
-    assert main(["recommend", "--model", str(bundle), "--output", str(tmp_path / "o")]) == 2
+    with pytest.warns(UserWarning, match="has no checksums"):
+        assert main(["recommend", "--model", str(bundle), "--output", str(tmp_path / "o")]) == 2
     line = one_error_line(capsys)
     assert "weights.pt' cannot be read" in line and "weights_only" not in line
     (bundle / "weights.pt").write_bytes((trained["run"] / "bundle" / "weights.pt").read_bytes())
     (bundle / "items.faiss").write_bytes(b"garbage")
-    assert main(["recommend", "--model", str(bundle), "--output", str(tmp_path / "o")]) == 2
+    with pytest.warns(UserWarning, match="has no checksums"):
+        assert main(["recommend", "--model", str(bundle), "--output", str(tmp_path / "o")]) == 2
     assert "the item index (items.faiss, index.json) cannot be read" in one_error_line(capsys)
 
 
 # -- train ------------------------------------------------------------------------------
 
 
-def test_train_refuses_a_folder_that_is_not_a_run(trained, tmp_path, capsys):
+def test_train_refuses_a_folder_that_is_not_a_run(trained, tmp_path, capsys, tiny):
     out = tmp_path / "mine"
     (out / "bundle").mkdir(parents=True)
     (out / "bundle" / "weights.pt").write_text("my own file")
     before = snapshot(tmp_path)
-    assert main(["train", "--data", str(trained["data"]), *TINY, "--output", str(out)]) == 2
+    assert main(["train", "--data", str(trained["data"]), *tiny, "--output", str(out)]) == 2
     assert "not a training run folder written by recsys" in one_error_line(capsys)
     assert snapshot(tmp_path) == before
 
 
-def test_resume_of_a_finished_run_trains_nothing(trained, capsys):
+def test_resume_of_a_finished_run_trains_nothing(trained, capsys, line_of):
     client = MlflowClient(trained["uri"])
     runs = len(client.search_runs([e.experiment_id for e in client.search_experiments()]))
     summary = json.loads((trained["run"] / "run.json").read_text())["summary"]
     assert main([*trained["args"], "--resume"]) == 0
     out = capsys.readouterr().out
-    assert _line(out, "run_id") == summary["run_id"] and "already finished" in out
+    assert line_of(out, "run_id") == summary["run_id"] and "already finished" in out
     assert len(client.search_runs([e.experiment_id for e in client.search_experiments()])) == runs
     assert len(client.search_model_versions("name='recsys-rel'")) == 1
 
 
-def test_resume_with_nothing_to_resume_is_refused(trained, tmp_path, capsys):
-    args = ["train", "--data", str(trained["data"]), *TINY, "--resume"]
+def test_resume_with_nothing_to_resume_is_refused(trained, tmp_path, capsys, tiny):
+    args = ["train", "--data", str(trained["data"]), *tiny, "--resume"]
     assert main([*args, "--output", str(tmp_path / "new")]) == 2
     assert "nothing to resume" in one_error_line(capsys)
 
 
-def test_diverging_training_is_one_line(trained, tmp_path, capsys):
+def test_diverging_training_is_one_line(trained, tmp_path, capsys, tiny):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    args = ["train", "--data", str(trained["data"]), *TINY, "--tracking-uri", uri]
+    args = ["train", "--data", str(trained["data"]), *tiny, "--tracking-uri", uri]
     assert main([*args, "--lr", "1e6", "--output", str(tmp_path / "r")]) == 2
     line = one_error_line(capsys)
     assert "lower" in line and "learning rate" in line and "lr=1000000.0" in line
 
 
-def test_cut_off_beyond_the_catalogue_is_refused(trained, tmp_path, capsys):
+def test_cut_off_beyond_the_catalogue_is_refused_or_dropped(trained, tmp_path, capsys):
     args = ["--model", str(trained["run"] / "bundle"), "--data", str(trained["data"])]
-    assert main(["evaluate", *args, "--eval-ks", "10", "5000", "--no-log"]) == 2
-    assert "eval_ks [5000]: a cut-off K must be from 1 to the catalogue size 12" in one_error_line(
-        capsys
-    )
+    assert main(["evaluate", *args, "--eval-ks", "5000", "--no-log"]) == 2
+    line = one_error_line(capsys)
+    assert "eval_ks [5000]: a cut-off K must be from 1 to the catalogue size 12" in line
+    with pytest.warns(UserWarning, match=r"eval_ks \[5000\] exceed the catalogue size 12"):
+        assert main(["evaluate", *args, "--eval-ks", "10", "5000", "--no-log"]) == 0
+    out = capsys.readouterr().out
+    assert "test_ndcg_at_10" in out and "5000" not in out
     train = ["train", "--data", str(trained["data"]), "--eval-ks", "13"]
     assert main([*train, "--output", str(tmp_path / "r")]) == 2
     assert "eval_ks [13]" in one_error_line(capsys)
@@ -373,3 +376,17 @@ def test_generate_overwrites_only_its_own_file(tmp_path, capsys):
     assert mine.read_bytes() == before
     assert main([*args, "--output", str(tmp_path)]) == 2
     assert "is a folder" in one_error_line(capsys)
+
+
+def test_unreachable_tracking_server_is_one_line(trained, tmp_path, capsys, free_port):
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    data, bundle, ks = str(trained["data"]), str(trained["run"] / "bundle"), ["--eval-ks", "10"]
+    jobs = [
+        ["train", "--data", data, *ks, "--output", str(tmp_path / "r")],
+        ["compare", "--experiment", "rel"],
+        ["recommend", "--model", "0123abcd", "--output", str(tmp_path / "o")],
+        ["evaluate", "--model", bundle, "--data", data, *ks],
+    ]
+    for job in jobs:
+        assert main([*job, "--tracking-uri", uri]) == 2
+        assert f"cannot reach the MLflow tracking server at {uri!r}" in one_error_line(capsys)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import make_prepared, successor_sequences
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,7 +16,7 @@ N_ITEMS = 15
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
+def bundle(tmp_path_factory, make_prepared, successor_sequences):
     root = tmp_path_factory.mktemp("props")
     data = make_prepared(root / "d", successor_sequences(60, N_ITEMS))
     rec = Recommender(epochs=2, max_len=8, d_model=16, progress=False)

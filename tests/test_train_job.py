@@ -16,21 +16,6 @@ from mlflow import MlflowClient
 
 from recsys.cli import main
 
-TINY = [
-    "--epochs",
-    "2",
-    "--max-len",
-    "20",
-    "--d-model",
-    "16",
-    "--batch-size",
-    "64",
-    "--no-progress",
-    "--eval-ks",
-    "5",
-    "10",
-]
-
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
@@ -80,18 +65,14 @@ def workdir(tmp_path, monkeypatch) -> Path:
     return tmp_path
 
 
-def _line(out: str, key: str) -> str:
-    return next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith(key + ":"))
-
-
 def _client(workdir: Path) -> MlflowClient:
     return MlflowClient(f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
 
 
-def test_train_logs_everything_and_evaluate_reads_it_back(prepared, workdir, capsys):
-    assert main(["train", "--data", str(prepared), *TINY, "--output", "run"]) == 0
+def test_train_logs_everything_and_evaluate_reads_it_back(prepared, workdir, capsys, line_of, tiny):
+    assert main(["train", "--data", str(prepared), *tiny, "--output", "run"]) == 0
     out = capsys.readouterr().out
-    run_id = _line(out, "run_id")
+    run_id = line_of(out, "run_id")
     assert "full ranking over all items, history items excluded" in out
 
     client = _client(workdir)
@@ -140,10 +121,10 @@ def test_train_logs_everything_and_evaluate_reads_it_back(prepared, workdir, cap
     # evaluate by run id reproduces the logged test metrics exactly.
     assert main(["evaluate", "--model", run_id, "--data", str(prepared), "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert float(_line(out, "test_ndcg_at_10").split()[0]) == pytest.approx(
+    assert float(line_of(out, "test_ndcg_at_10").split()[0]) == pytest.approx(
         m["test_ndcg_at_10"], abs=5e-5
     )
-    eval_run = client.get_run(_line(out, "run_id"))
+    eval_run = client.get_run(line_of(out, "run_id"))
     assert eval_run.data.tags["kind"] == "evaluation"
     assert eval_run.data.metrics["test_ndcg_at_10"] == m["test_ndcg_at_10"]
     # ... and so does the local bundle folder, without MLflow.
@@ -161,20 +142,19 @@ def test_train_logs_everything_and_evaluate_reads_it_back(prepared, workdir, cap
         )
         == 0
     )
-    assert float(_line(capsys.readouterr().out, "test_ndcg_at_10").split()[0]) == pytest.approx(
+    assert float(line_of(capsys.readouterr().out, "test_ndcg_at_10").split()[0]) == pytest.approx(
         m["test_ndcg_at_10"], abs=5e-5
     )
 
 
-def test_most_popular_baseline_run(prepared, workdir, capsys):
+def test_most_popular_baseline_run(prepared, workdir, capsys, line_of):
     assert main(["train", "--data", str(prepared), "--model", "most-popular", "--no-progress"]) == 0
-    run = _client(workdir).get_run(_line(capsys.readouterr().out, "run_id"))
+    run = _client(workdir).get_run(line_of(capsys.readouterr().out, "run_id"))
     assert run.data.tags["model"] == "most-popular"
     assert 0 < run.data.metrics["test_hr_at_10"] < 1
 
 
-def test_evaluate_on_other_data_is_refused(prepared, workdir, tmp_path, capsys):
-    from conftest import make_prepared
+def test_evaluate_on_other_data_is_refused(prepared, workdir, tmp_path, capsys, make_prepared):
 
     assert (
         main(
@@ -201,7 +181,9 @@ def test_unknown_model_is_a_clear_error(prepared, workdir, capsys):
     assert "'0123456789abcdef' is neither a folder nor a run id" in capsys.readouterr().err
 
 
-def test_interrupted_training_resumes_in_the_same_run(prepared, workdir, capsys, monkeypatch):
+def test_interrupted_training_resumes_in_the_same_run(
+    prepared, workdir, capsys, monkeypatch, line_of, tiny
+):
     from recsys.training import trainer
 
     real_epoch = trainer.Trainer._epoch
@@ -212,26 +194,21 @@ def test_interrupted_training_resumes_in_the_same_run(prepared, workdir, capsys,
         return real_epoch(self)
 
     monkeypatch.setattr(trainer.Trainer, "_epoch", dying_epoch)
-    args = ["train", "--data", str(prepared), *TINY, "--epochs", "3", "--output", "run"]
+    args = ["train", "--data", str(prepared), *tiny, "--epochs", "3", "--output", "run"]
     with pytest.raises(KeyboardInterrupt):
         main(args)
     monkeypatch.setattr(trainer.Trainer, "_epoch", real_epoch)
     assert main([*args, "--resume"]) == 0
-    run_id = _line(capsys.readouterr().out, "run_id")
+    run_id = line_of(capsys.readouterr().out, "run_id")
     client = _client(workdir)
     assert len(client.search_runs([client.get_run(run_id).info.experiment_id])) == 1
     assert [x.step for x in client.get_metric_history(run_id, "train_loss")] == [1, 2, 3]
     assert client.get_run(run_id).info.status == "FINISHED"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_train_against_a_real_mlflow_server(prepared, workdir, capsys):
-    port = _free_port()
+@pytest.mark.slow  # a real `mlflow server`
+def test_train_against_a_real_mlflow_server(prepared, workdir, capsys, free_port, line_of, tiny):
+    port = free_port()
     server = subprocess.Popen(
         [
             sys.executable,
@@ -264,10 +241,10 @@ def test_train_against_a_real_mlflow_server(prepared, workdir, capsys):
                     raise RuntimeError(server.stderr.read().decode()[-2000:]) from None
                 time.sleep(0.5)
         assert (
-            main(["train", "--data", str(prepared), *TINY, "--epochs", "1", "--tracking-uri", uri])
+            main(["train", "--data", str(prepared), *tiny, "--epochs", "1", "--tracking-uri", uri])
             == 0
         )
-        run_id = _line(capsys.readouterr().out, "run_id")
+        run_id = line_of(capsys.readouterr().out, "run_id")
         client = MlflowClient(uri)
         run = client.get_run(run_id)
         assert run.info.status == "FINISHED" and "test_ndcg_at_10" in run.data.metrics

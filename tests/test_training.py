@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_prepared, successor_sequences
 
 import recsys.training.trainer as trainer_module
 from recsys.data.dataset import SequenceData
@@ -70,7 +69,7 @@ def _trainer(path, tmp_path=None, **kw) -> Trainer:
 
 
 @pytest.fixture(scope="module")
-def successor_data(tmp_path_factory):
+def successor_data(tmp_path_factory, make_prepared, successor_sequences):
     return make_prepared(tmp_path_factory.mktemp("succ") / "d", successor_sequences(400, 30))
 
 

@@ -74,10 +74,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         # folder is expected): the path and the system's reason say all the user can act on.
         where = f" {e.filename!r}" if e.filename else ""
         return _fail(args.command, f"cannot access{where}: {e.strerror or e}")
+    except Exception as e:
+        # MLflow's errors (an unreachable tracking server, a missing run or model) are the
+        # user's to fix, not tracebacks; mlflow is imported only by the jobs that track.
+        mlflow_errors = sys.modules.get("mlflow.exceptions")
+        if mlflow_errors is None or not isinstance(e, mlflow_errors.MlflowException):
+            raise
+        return _fail(args.command, f"MLflow: {e.message}")
+
+
+# MLflow's messages can hold whole server responses; one line stays readable.
+MAX_MESSAGE = 400
 
 
 def _fail(command: str, message: str) -> int:
     """Print one error line (messages never span lines) and return exit status 2."""
     line = " ".join(message.split())
+    if len(line) > MAX_MESSAGE:
+        line = line[: MAX_MESSAGE - 3] + "..."
     print(f"recsys {command}: error: {line}", file=sys.stderr)
     return 2

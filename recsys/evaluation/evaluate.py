@@ -16,7 +16,9 @@ Protocols:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,16 +56,32 @@ class EvalConfig:
             raise ValueError(f"ks={self.ks}: expected cut-offs >= 1")
         self.ks = tuple(sorted(set(self.ks)))
 
-    def check(self, num_items: int) -> None:
-        """Raise ``ValueError`` if a cut-off cannot be measured on ``num_items`` items."""
+    def within(self, num_items: int) -> EvalConfig:
+        """This config without the cut-offs a catalogue of ``num_items`` cannot measure.
+
+        A K at or beyond the list length counts every target as a hit; such cut-offs are
+        dropped with a warning.
+
+        Raises
+        ------
+        ValueError
+            If no cut-off is left.
+        """
         limit = num_items if self.protocol == "full" else self.num_sampled + 1
         bad = [k for k in self.ks if k > limit]
-        if bad:
-            what = "the catalogue size" if self.protocol == "full" else "the sampled list size"
+        if not bad:
+            return self
+        what = "the catalogue size" if self.protocol == "full" else "the sampled list size"
+        kept = tuple(k for k in self.ks if k <= limit)
+        if not kept:
             raise ValueError(
                 f"eval_ks {bad}: a cut-off K must be from 1 to {what} {limit}, or every "
-                "target would count as a hit"
+                "target counts as a hit"
             )
+        warnings.warn(
+            f"eval_ks {bad} exceed {what} {limit}: not reported", UserWarning, stacklevel=2
+        )
+        return dataclasses.replace(self, ks=kept)
 
 
 @dataclass
