@@ -215,3 +215,11 @@ def test_unknown_or_bad_options_are_value_errors(tmp_path):
         Recommender(heads=2)
     with pytest.raises(ValueError, match=r"loss='mse'; expected one of"):
         Recommender(loss="mse").fit(tmp_path)
+
+
+def test_jobs_never_import_the_command_line():
+    offenders = {
+        m: sorted(i for i in imports_of(p, set(ALL)) if i.startswith("recsys.cli"))
+        for m, p in modules("pipelines").items()
+    }
+    assert {m: i for m, i in offenders.items() if i} == {}
