@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from recsys.data.items import read_items
 from recsys.data.pipeline import REPEATS
 from recsys.data.prepare import SPLITS, check_prepared_output, prepare_dataset
-from recsys.data.readers import FORMATS, Columns, read_interactions, read_items
+from recsys.data.readers import FORMATS, Columns, read_interactions
 from recsys.io import name_from_text, safe_name
 from recsys.options import option, to_flat
 
@@ -106,9 +107,9 @@ def run(config: PrepareConfig) -> dict[str, Any]:
     name = safe_name(config.name, "--name") if config.name else dataset_name(config.input)
     inputs = [p for p in (config.input, config.items) if p]
     check_prepared_output(config.output, inputs)
+    items = read_items(config.items) if config.items else None  # small: fail early
     columns = Columns(config.user_col, config.item_col, config.time_col, config.rating_col)
     events = read_interactions(config.input, config.format, columns, config.separator)
-    items = read_items(config.items) if config.items else None
     return prepare_dataset(
         events,
         config.output,
