@@ -14,12 +14,13 @@ import json
 import pickle
 import shutil
 import warnings
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import polars as pl
 import torch
 
@@ -49,6 +50,7 @@ FILES = (
     "items.faiss",
     "index.json",
 )
+SMALL_LOOKUP = 32  # ID lookups up to this size go through a dict (see Bundle._lookup)
 REDO = "the model bundle is damaged: train it again or load another copy"
 
 
@@ -63,6 +65,9 @@ class Bundle:
     user_vocab: pl.DataFrame  # user_idx, user_id
     index: ItemIndex
     _histories: tuple[np.ndarray, np.ndarray] | None = None
+    _item_ids: np.ndarray | None = None
+    _indexes: dict[str, tuple[Any, np.ndarray]] = field(default_factory=dict)
+    _dicts: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def dataset(self) -> dict[str, Any]:
@@ -72,15 +77,45 @@ class Bundle:
     def num_items(self) -> int:
         return self.item_vocab.height
 
-    def user_indices(self, user_ids: Sequence[Any]) -> tuple[np.ndarray, list[str]]:
+    def user_indices(self, user_ids: Iterable[Any]) -> tuple[np.ndarray, list[str]]:
         """``user_idx`` of each raw user ID (in order; 0 where unknown), and the unknown IDs."""
-        return _lookup(self.user_vocab, "user_id", "user_idx", user_ids)
+        return self._lookup("user", user_ids)
 
     def item_indices(self, item_ids: Iterable[Any]) -> tuple[np.ndarray, list[str]]:
         """``item_idx`` of each raw item ID (in order; 0 where unknown), and the unknown IDs."""
-        return _lookup(
-            self.item_vocab.select("item_idx", "item_id"), "item_id", "item_idx", item_ids
-        )
+        return self._lookup("item", item_ids)
+
+    @property
+    def item_ids(self) -> np.ndarray:
+        """Raw item ID by item index (object array of length ``num_items + 1``; 0 → "")."""
+        if self._item_ids is None:
+            ids = np.full(self.num_items + 1, "", dtype=object)
+            vocab = self.item_vocab
+            ids[vocab["item_idx"].to_numpy()] = vocab["item_id"].to_numpy()
+            self._item_ids = ids
+        return self._item_ids
+
+    def _lookup(self, kind: str, ids: Iterable[Any]) -> tuple[np.ndarray, list[str]]:
+        # A hash index built once per bundle: a polars join per call cost about a
+        # millisecond, most of a single-user REST request.
+        if kind not in self._indexes:
+            vocab = self.user_vocab if kind == "user" else self.item_vocab
+            self._indexes[kind] = (
+                pd.Index(vocab[f"{kind}_id"].to_numpy(), dtype=object),
+                vocab[f"{kind}_idx"].to_numpy().astype(np.int64),
+            )
+        index, idx = self._indexes[kind]
+        raw = np.asarray(ids if isinstance(ids, np.ndarray) else list(ids), dtype=object)
+        raw = raw.astype(str).astype(object)  # raw IDs are text at every door
+        if len(raw) <= SMALL_LOOKUP:
+            # get_indexer costs ~60 µs even for one ID: a dict answers a single-user REST
+            # request 100x faster.
+            if kind not in self._dicts:
+                self._dicts[kind] = dict(zip(index.to_numpy(), range(len(index)), strict=True))
+            pos = np.array([self._dicts[kind].get(r, -1) for r in raw], dtype=np.int64)
+        else:
+            pos = index.get_indexer(raw)
+        return np.where(pos >= 0, idx[pos], 0), raw[pos < 0].tolist()
 
     def histories(self) -> tuple[np.ndarray, np.ndarray]:
         """Every known user's whole history as ``(flat item_idx, offsets)``, by user_idx.
@@ -97,15 +132,6 @@ class Bundle:
                 ) from None
             self._histories = list_column_to_ragged(df["item_idx"])
         return self._histories
-
-
-def _lookup(
-    vocab: pl.DataFrame, id_col: str, idx_col: str, ids: Iterable[Any]
-) -> tuple[np.ndarray, list[str]]:
-    raw = pl.DataFrame({id_col: [str(i) for i in ids]}, schema={id_col: pl.String})
-    mapped = raw.join(vocab.select(id_col, idx_col), on=id_col, how="left", maintain_order="left")
-    unknown = mapped.filter(pl.col(idx_col).is_null())[id_col].to_list()
-    return mapped[idx_col].fill_null(0).to_numpy().astype(np.int64), unknown
 
 
 def save_bundle(

@@ -261,6 +261,28 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return values
 
 
+def from_env(cls: type[T], prefix: str = "RECSYS_") -> T:
+    """Config ``cls`` from environment variables ``PREFIX<NAME>`` (``RECSYS_TORCH_THREADS``),
+    typed like :func:`parse_value`; options with no variable set keep their defaults.
+
+    Raises
+    ------
+    ValueError
+        Naming the variable whose value does not parse.
+    """
+    import os
+
+    values = {}
+    for name in flat_fields(cls):
+        raw = os.environ.get(prefix + name.upper(), "").strip()
+        if raw:
+            try:
+                values[name] = parse_value(cls, name, raw)
+            except ValueError as e:
+                raise ValueError(f"environment variable {prefix + name.upper()}: {e}") from None
+    return from_flat(cls, values, source="environment")
+
+
 # -- the command line ----------------------------------------------------------------------
 
 

@@ -110,13 +110,12 @@ def results_frame(
     """Long table ``user_id, rank (1 = best), item_id, score`` with raw IDs; empty slots
     (item 0) are left out."""
     B, k = items.shape
-    vocab_ids = np.concatenate([[""], bundle.item_vocab["item_id"].to_numpy()])
     keep = (items > 0).ravel()
     return pl.DataFrame(
         {
             "user_id": np.repeat(np.asarray(user_ids, dtype=object), k)[keep],
             "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), B)[keep],
-            "item_id": vocab_ids[items.ravel()][keep],
+            "item_id": bundle.item_ids[items.ravel()][keep],
             "score": scores.ravel()[keep],
         },
         schema=RESULT_SCHEMA,

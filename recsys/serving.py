@@ -1,44 +1,161 @@
 """The servable MLflow model: the bundle behind ``mlflow models serve``.
 
 A request is a table with one row per question: ``user_id`` (a known user) or
-``history`` (a list of raw item IDs, oldest first, for a user the model has never seen),
-and optionally ``k`` (default 10). The answer has one row per recommended item:
-``request`` (the row number of the question), ``user_id``, ``rank`` (1 = best),
-``item_id``, ``score`` — the same lists the Python API returns.
+``history`` (a list of raw item IDs, oldest first, or one comma-separated string, for a
+user the model has never seen; unknown items are skipped), and optionally ``k`` (default
+10). The answer has one row per recommended item: ``request`` (the row number of the
+question), ``user_id`` (null for a history), ``rank`` (1 = best), ``item_id``, ``score`` —
+the same lists the Python API returns.
 
     curl http://127.0.0.1:5000/invocations -H 'Content-Type: application/json' -d '
       {"dataframe_records": [{"user_id": "196", "k": 5}, {"history": ["50", "172"]}]}'
+
+All rows of a request are scored together, in chunks of :data:`CHUNK_ROWS`, one request at
+a time. The options of :class:`ServingConfig` are read from ``RECSYS_<NAME>`` environment
+variables when the model loads: a request has at most ``RECSYS_MAX_REQUEST_ROWS`` rows
+(10,000), and torch runs ``RECSYS_TORCH_THREADS`` threads in the whole process (1; 0
+leaves torch's setting). A bad row (an unknown
+user, a history without a known item, both or neither of ``user_id`` and ``history``, a
+``k`` that is not an integer from 1 to the catalogue size) fails the whole request with
+HTTP 400, naming the row and the value.
 """
 
 from __future__ import annotations
 
-import math
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
+import numpy as np
 import pandas as pd
-import polars as pl
 
-from recsys.bundle import ARTIFACT_PATH
+from recsys.bundle import ARTIFACT_PATH, Bundle
+from recsys.data.dataset import gather_ragged
+from recsys.options import from_env, option
+from recsys.scoring import score_chunk
 
 MODEL_NAME = "model"  # the name of the logged model inside a training run
 DEFAULT_K = 10
+CHUNK_ROWS = 1024  # rows scored together: bounds the (rows, k) and padded-history arrays
+QUOTE_CHARS = 60
 
 
-def _missing(value: Any) -> bool:
-    if value is None:
-        return True
-    return isinstance(value, float) and math.isnan(value)
+def _quote(value: Any) -> str:
+    """``repr`` of a request value for an error message, cut to :data:`QUOTE_CHARS`.
+
+    Examples
+    --------
+    ``_quote("196")`` → ``'196'``; a 5 MB string → its first 60 characters quoted, then
+    ``... (5000000 characters)``.
+    """
+    # A string is cut, then quoted; anything else is shown as its repr, cut.
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) <= QUOTE_CHARS:
+        return repr(value)
+    head = repr(text[:QUOTE_CHARS]) if isinstance(value, str) else text[:QUOTE_CHARS]
+    return f"{head}... ({len(text)} characters)"
+
+
+@dataclass
+class ServingConfig:
+    """Options of the served model, read from ``RECSYS_<NAME>`` variables when it loads."""
+
+    max_request_rows: int = option(10_000, "rows a request may have (a 400 above it)")
+    # The server answers requests in parallel threads; torch's spare intra-op threads
+    # busy-wait between operations, which doubled the CPU time of a single-user request
+    # and took the core that other requests need (a process-wide setting).
+    torch_threads: int = option(1, "torch threads of the serving process; 0: torch's own")
+
+    def __post_init__(self) -> None:
+        if self.max_request_rows < 1 or self.torch_threads < 0:
+            raise ValueError(
+                f"max_request_rows={self.max_request_rows} must be at least 1 and "
+                f"torch_threads={self.torch_threads} at least 0"
+            )
+
+
+def _row_error(rows: np.ndarray, what: str) -> ValueError:
+    """An error about the first of ``rows`` (row numbers of the request), counting the rest."""
+    more = f" (and {len(rows) - 1} more rows)" if len(rows) > 1 else ""
+    return ValueError(f"request row {int(rows[0])}{more}: {what}")
+
+
+def _present(df: pd.DataFrame, column: str) -> pd.Series | None:
+    return df[column] if column in df.columns else None
+
+
+def _user_ids(users: pd.Series) -> np.ndarray:
+    """Raw user IDs as strings; JSON numbers too (a column with gaps arrives as floats)."""
+    if pd.api.types.is_float_dtype(users) and (users == np.floor(users)).all():
+        users = users.astype(np.int64)
+    return users.astype(str).to_numpy(dtype=object)
+
+
+def _history_entries(history: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Row number and raw item ID (stripped, non-empty) of every history entry, in order.
+
+    A history is a list of IDs or one comma-separated string.
+    """
+    if pd.api.types.is_object_dtype(history) or pd.api.types.is_string_dtype(history):
+        split = history.str.split(",")  # lists for the strings, missing for the rest
+        history = split.where(split.notna(), history)
+    entries = history.explode()
+    entries = entries[entries.notna()]
+    text = entries.astype(str).str.strip()
+    keep = (text != "").to_numpy()
+    return entries.index.to_numpy()[keep], text.to_numpy(dtype=object)[keep]
+
+
+def _ks(k: pd.Series | None, rows: int, num_items: int) -> np.ndarray:
+    """Each row's k (default :data:`DEFAULT_K`), checked to be an integer in 1..num_items."""
+    if k is None:
+        return np.full(rows, DEFAULT_K, dtype=np.int64)
+    missing = k.isna().to_numpy()
+    if pd.api.types.is_bool_dtype(k):
+        numbers, numeric = np.zeros(rows), np.zeros(rows, dtype=bool)
+    elif pd.api.types.is_numeric_dtype(k):
+        numbers, numeric = k.to_numpy(dtype=np.float64, na_value=np.nan), np.ones(rows, bool)
+    else:
+        # A mixed column: only real numbers count ("5" and true are not a k).
+        is_number = (int, float, np.number)
+        numeric = k.map(lambda v: isinstance(v, is_number) and not isinstance(v, bool))
+        numeric = numeric.to_numpy(dtype=bool)
+        numbers = pd.to_numeric(k.where(numeric), errors="coerce").to_numpy(dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        ok = numeric & (numbers == np.floor(numbers)) & (numbers >= 1) & (numbers <= num_items)
+    bad = np.flatnonzero(~missing & ~ok)
+    if len(bad):
+        value = k.iloc[bad[0]]
+        value = value.item() if isinstance(value, np.generic) else value
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        raise _row_error(
+            bad, f"k={_quote(value)}: expected an integer from 1 to the catalogue size {num_items}"
+        )
+    return np.where(missing, DEFAULT_K, np.nan_to_num(numbers)).astype(np.int64)
 
 
 class RecsysModel(mlflow.pyfunc.PythonModel):
     """pyfunc wrapper around :class:`recsys.Recommender` loaded from the bundled folder."""
 
+    config: ServingConfig = ServingConfig()
+
     def load_context(self, context: Any) -> None:
         from recsys.recommender import Recommender
 
+        self.config = from_env(ServingConfig)
+        if self.config.torch_threads:
+            import torch
+
+            torch.set_num_threads(self.config.torch_threads)
         self.rec = Recommender.load(Path(context.artifacts[ARTIFACT_PATH]))
+        # The server runs requests in parallel threads, but they hold the GIL for most of
+        # their work: interleaved, every torch call became a GIL hand-over and a single-user
+        # request cost twice the CPU at 8 clients. One answer at a time leaves the other core
+        # to MLflow's parsing and serialisation, which run outside predict.
+        self._lock = threading.Lock()
 
     # Only the request is annotated: MLflow derives the input schema from these hints and
     # warns about Any.
@@ -47,33 +164,103 @@ class RecsysModel(mlflow.pyfunc.PythonModel):
         from mlflow.exceptions import MlflowException
 
         try:
-            return self._answer(pd.DataFrame(model_input))
+            with self._lock:
+                return self._answer(pd.DataFrame(model_input))
         except ValueError as e:
             raise MlflowException.invalid_parameter_value(str(e)) from e
 
     def _answer(self, df: pd.DataFrame) -> pd.DataFrame:
+        """The answer table; raises ValueError naming the first bad row."""
+        n = len(df)
+        cap = self.config.max_request_rows
+        if n > cap:
+            raise ValueError(
+                f"a request has at most {cap} rows (RECSYS_MAX_REQUEST_ROWS); got {n} rows"
+            )
         if not {"user_id", "history"} & set(df.columns):
             raise ValueError(
-                f"a request needs a 'user_id' or a 'history' column; got {list(df.columns)}"
+                f"a request needs a 'user_id' or a 'history' column; got {_quote(list(df.columns))}"
             )
+        df = df.reset_index(drop=True)  # row numbers are positions
+        bundle = self.rec.bundle
+        users, history = _present(df, "user_id"), _present(df, "history")
+        has_user = np.zeros(n, dtype=bool) if users is None else users.notna().to_numpy()
+        entry_rows, entries = (
+            (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=object))
+            if history is None
+            else _history_entries(history)
+        )
+        has_history = np.bincount(entry_rows, minlength=n) > 0
+        if (both := np.flatnonzero(has_user & has_history)).size:
+            raise _row_error(both, "give either user_id or history, not both")
+        if (neither := np.flatnonzero(~has_user & ~has_history)).size:
+            raise _row_error(neither, "give a user_id or a non-empty history")
+        ks = _ks(_present(df, "k"), n, bundle.num_items)
+
+        user_rows = np.flatnonzero(has_user)
+        user_ids = _user_ids(users[has_user]) if len(user_rows) else np.zeros(0, dtype=object)
+        user_idx, _ = bundle.user_indices(user_ids)
+        if (unknown := np.flatnonzero(user_idx == 0)).size:
+            raise _row_error(
+                user_rows[unknown],
+                f"unknown user ID {_quote(user_ids[unknown[0]])}; "
+                "send its history instead for a user not seen in training",
+            )
+        item_idx, _ = bundle.item_indices(entries)
+        known = item_idx > 0  # unknown history items are skipped, as the Python API does
+        known_per_row = np.bincount(entry_rows[known], minlength=n)
+        if (empty := np.flatnonzero(has_history & (known_per_row == 0))).size:
+            raise _row_error(
+                empty, f"the history {_quote(history.iloc[empty[0]])} has no known item ID"
+            )
+
+        # Every row's history (a known user's stored one, or the request's known items) as a
+        # range of one array, in request order.
+        flat, offsets = bundle.histories()
+        stored, stored_off = gather_ragged(flat, offsets[user_idx - 1], offsets[user_idx])
+        values = np.concatenate([stored, item_idx[known]])
+        own_off = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(known_per_row, out=own_off[1:])
+        start, stop = own_off[:-1] + len(stored), own_off[1:] + len(stored)
+        start[user_rows], stop[user_rows] = stored_off[:-1], stored_off[1:]
+
+        row_user = np.full(n, None, dtype=object)
+        row_user[user_rows] = user_ids
         parts = []
-        for i, row in enumerate(df.to_dict("records")):
-            user, history = row.get("user_id"), row.get("history")
-            k = row.get("k")
-            k = DEFAULT_K if _missing(k) else k
-            if isinstance(k, float) and k.is_integer():
-                k = int(k)
-            if not _missing(user):
-                out = self.rec.recommend([str(user)], k=k)
-            elif history is not None and not _missing(history):
-                if isinstance(history, str):
-                    history = [h for h in history.split(",") if h.strip()]
-                out = self.rec.recommend_for_history(
-                    [str(h).strip() for h in history], k=k
-                ).with_columns(pl.lit(None, dtype=pl.String).alias("user_id"))
-            else:
-                raise ValueError(f"request row {i}: give a user_id or a non-empty history")
-            parts.append(
-                out.select(pl.lit(i).alias("request"), "user_id", "rank", "item_id", "score")
-            )
-        return pl.concat(parts).to_pandas()
+        for lo in range(0, n, CHUNK_ROWS):
+            hi = min(lo + CHUNK_ROWS, n)
+            h, h_off = gather_ragged(values, start[lo:hi], stop[lo:hi])
+            # Lists are ordered by score then index, so the first k of the chunk's longest
+            # list are that row's own top k.
+            items, scores = score_chunk(bundle, h, h_off, int(ks[lo:hi].max()))
+            parts.append(_frame(bundle, lo, items, scores, ks[lo:hi], row_user[lo:hi]))
+        if not parts:  # no rows: the columns alone
+            none = np.zeros((0, 1), dtype=np.int64)
+            parts.append(_frame(bundle, 0, none, none.astype(np.float32), none[:, 0], none))
+        return parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
+
+
+def _frame(
+    bundle: Bundle,
+    lo: int,
+    items: np.ndarray,
+    scores: np.ndarray,
+    ks: np.ndarray,
+    row_user: np.ndarray,
+) -> pd.DataFrame:
+    """The answer rows of the chunk of request rows from ``lo``: items and scores (B, K),
+    each row cut to its own k."""
+    ranks = np.arange(items.shape[1])
+    # An empty slot (item 0, score -inf) is no recommendation, and JSON has no -inf.
+    keep = (items > 0) & (ranks[None, :] < ks[:, None]) & np.isfinite(scores)
+    r, c = np.nonzero(keep)
+    return pd.DataFrame(
+        {
+            "request": (lo + r).astype(np.int64),
+            # object, so that a history's missing user is None (null), not NaN
+            "user_id": pd.Series(row_user[r], dtype=object),
+            "rank": (c + 1).astype(np.int32),
+            "item_id": pd.Series(bundle.item_ids[items[r, c]], dtype=object),
+            "score": scores[r, c].astype(np.float32),
+        }
+    )
