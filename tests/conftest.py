@@ -18,6 +18,15 @@ def ml100k() -> Path:
 
 
 @pytest.fixture
+def beauty() -> Path:
+    """The shared Amazon Beauty file, or a skip saying where it was looked for."""
+    path = SHARED / "beauty" / "Beauty.txt"
+    if not path.is_file():
+        pytest.skip(f"reference dataset not found at {path} (../shared/datasets/beauty)")
+    return path
+
+
+@pytest.fixture
 def write(tmp_path: Path):
     """Write text (or bytes) to a file under tmp_path and return its path."""
 

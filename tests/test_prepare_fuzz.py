@@ -205,7 +205,7 @@ def test_mutated_items_file_prepares_or_fails_cleanly(tmp_path, capsys, name, ed
         min_size=1,
         max_size=3,
     ),
-    fmt=st.sampled_from(["movielens", "sasrec"]),
+    fmt=st.sampled_from(["movielens", "sasrec", "sequences"]),
 )
 def test_mutated_headerless_text_prepares_or_fails_cleanly(tmp_path, capsys, edits, fmt):
     lines = CSV.split("\n")[1:]
@@ -214,6 +214,13 @@ def test_mutated_headerless_text_prepares_or_fails_cleanly(tmp_path, capsys, edi
             "\t".join((u, i, r, t)) + "\n"
             for u, i, t, r in (line.split(",") for line in lines if line)
         )
+    elif fmt == "sequences":  # one user per line, items oldest first
+        users: dict[str, list[str]] = {}
+        for line in lines:
+            if line:
+                user, item = line.split(",")[:2]
+                users.setdefault(user, []).append(item)
+        text = "".join(f"{u} {' '.join(items)}\n" for u, items in users.items())
     else:
         text = "".join(" ".join(line.split(",")[:2]) + "\n" for line in lines if line)
     _prepare(tmp_path, _apply(text.encode(), edits), fmt, capsys, "u.data")

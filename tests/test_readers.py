@@ -76,6 +76,40 @@ def test_sasrec_format_line_order_is_time(write):
     assert rows(read_interactions(p, "sasrec")) == [("1", "10", 0), ("1", "11", 1), ("2", "10", 2)]
 
 
+def test_sequences_format_one_user_per_line(write):
+    # Any run of whitespace separates; a user on two lines keeps the file's order.
+    p = write("seqs.txt", "1 10 11\n2\t10  12 \n1 13\n")
+    assert rows(read_interactions(p, "sequences")) == [
+        ("1", "10", 0),
+        ("1", "11", 1),
+        ("2", "10", 2),
+        ("2", "12", 3),
+        ("1", "13", 4),
+    ]
+
+
+def test_sequences_format_bad_input_is_one_line(write, capsys):
+    empty = write("s.txt", "1 10 11\n\n2 10 12\n")
+    assert cli_error(capsys, empty, "sequences") == (
+        f"{str(empty)!r}, line 2 is empty; expected a user ID and its item IDs"
+    )
+    bad = write("b.txt", b"1 10 11\n2 \xff\xfe 12\n")
+    line = cli_error(capsys, bad, "sequences")
+    assert "line 2" in line and "UTF-8" in line
+
+
+def test_beauty_counts(beauty, tmp_path):
+    from pipelines.prepare import PrepareConfig, run
+
+    manifest = run(PrepareConfig(input=str(beauty), output=str(tmp_path / "b"), format="sequences"))
+    assert (manifest["num_users"], manifest["num_items"], manifest["num_interactions"]) == (
+        22_363,
+        12_101,
+        198_502,
+    )
+    assert manifest["split"]["num_test_targets"] == manifest["split"]["num_valid_targets"] == 22_363
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(ValueError, match=r"nope\.csv' does not exist"):
         read_interactions(tmp_path / "nope.csv", "csv")

@@ -32,7 +32,7 @@ from recsys.io import quote
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("movielens", "csv", "parquet", "sasrec")
+FORMATS = ("movielens", "csv", "parquet", "sasrec", "sequences")
 
 # What polars and pyarrow raise on a file they cannot read. PanicException is polars'
 # report of an internal failure, which a corrupt file can trigger too.
@@ -279,6 +279,52 @@ def read_sasrec(path: str | Path) -> tuple[pl.LazyFrame, Source]:
     return lf, Source(p, 0, TextLayout(" ", 2))
 
 
+def read_sequences(path: str | Path) -> tuple[pl.LazyFrame, Source]:
+    """Read one user per line, ``user item item ...`` (whitespace-separated, oldest first):
+    the layout of the S3Rec, ICLRec, DuoRec and CL4SRec repositories (Amazon Beauty...).
+
+    ``timestamp`` is the event's position in the file, so each line's order is time order
+    (and a user given on several lines keeps the file's order); ``row_nr`` is the line.
+
+    Parameters
+    ----------
+    path : str or Path
+        The text file.
+
+    Returns
+    -------
+    (LazyFrame, Source)
+        Raw columns ``row_nr, user_id, item_id, timestamp``, one row per event; a line
+        with a user and no item gives one row without an item, which validation reports.
+    """
+    p = check_file(path)
+    check_text(p)
+    # Whole lines (no byte of ordinary text is the unit separator), split on any run of
+    # whitespace, so tabs, double and trailing spaces are all one separator.
+    lf = pl.scan_csv(
+        p,
+        separator="\x1f",
+        has_header=False,
+        new_columns=["line"],
+        schema_overrides={"line": pl.String},
+        infer_schema=False,
+        quote_char=None,
+        row_index_name="row_nr",
+    )
+    tokens = pl.col("line").str.extract_all(r"\S+")
+    lf = (
+        lf.select(
+            "row_nr",
+            tokens.list.first().alias("user_id"),
+            tokens.list.slice(1).alias("item_id"),
+        )
+        .explode("item_id")
+        .with_row_index("timestamp")
+        .with_columns(pl.col("timestamp").cast(pl.Int64))
+    )
+    return lf, Source(p, 0, TextLayout("\x1f", 1, shown="a user ID and its item IDs"))
+
+
 def canonical(lf: pl.LazyFrame) -> pl.LazyFrame:
     """Cast raw reader output to the canonical schema; unparsable values become null.
 
@@ -431,7 +477,7 @@ def read_interactions(
     ----------
     path : str or Path
         Input file.
-    fmt : {"movielens", "csv", "parquet", "sasrec"}
+    fmt : {"movielens", "csv", "parquet", "sasrec", "sequences"}
         Input format.
     columns : Columns
         Column mapping (csv/parquet only).
@@ -480,6 +526,8 @@ def _read(
         return read_movielens(p, as_text=as_text)
     if fmt == "sasrec":
         return read_sasrec(p)
+    if fmt == "sequences":
+        return read_sequences(p)
     return read_table(p, fmt, columns, separator, as_text=as_text)
 
 

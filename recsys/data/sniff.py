@@ -297,6 +297,8 @@ def find_bad_line(
         if length == 0 or (length == 1 and last == 13):
             if layout.skip_blank:
                 return None
+            if n_seps == 0 and layout.shown:  # whole lines: the layout says what one holds
+                return f"line {start} is empty; expected {layout.shown}"
             return f"line {start} is empty; expected {expected} fields separated by {shown!r}"
         if seps == n_seps:
             return None
