@@ -78,10 +78,19 @@ def setup(experiment: str, uri: str | None = None) -> str:
         return mlflow.get_run(project_run_id()).info.experiment_id
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is None:
+        from mlflow.exceptions import MlflowException
+
         root = _artifact_root(uri)
-        exp_id = mlflow.create_experiment(
-            experiment, artifact_location=f"{root}/{experiment}" if root else None
-        )
+        try:
+            exp_id = mlflow.create_experiment(
+                experiment, artifact_location=f"{root}/{experiment}" if root else None
+            )
+        except MlflowException:
+            # Another run created it since we looked (two jobs started together).
+            exp = mlflow.get_experiment_by_name(experiment)
+            if exp is None:
+                raise
+            exp_id = exp.experiment_id
     else:
         exp_id = exp.experiment_id
     mlflow.set_experiment(experiment_id=exp_id)

@@ -390,3 +390,23 @@ def test_unreachable_tracking_server_is_one_line(trained, tmp_path, capsys, free
     for job in jobs:
         assert main([*job, "--tracking-uri", uri]) == 2
         assert f"cannot reach the MLflow tracking server at {uri!r}" in one_error_line(capsys)
+
+
+def test_experiment_created_by_another_job_meanwhile(tmp_path, monkeypatch):
+    # Two jobs started together both find no experiment and both create it: the second
+    # must use the first's instead of failing with a traceback.
+    import mlflow
+
+    from recsys.tracking import setup
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first = setup("together", uri)
+    real = mlflow.get_experiment_by_name
+    calls = {"n": 0}
+
+    def not_yet(name):
+        calls["n"] += 1
+        return None if calls["n"] == 1 else real(name)
+
+    monkeypatch.setattr(mlflow, "get_experiment_by_name", not_yet)
+    assert setup("together", uri) == first
