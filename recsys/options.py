@@ -174,6 +174,16 @@ def to_flat(config: Any) -> dict[str, Any]:
     return out
 
 
+def check_choices(config: Any) -> None:
+    """Raise ``ValueError`` if a field of ``config`` holds a value outside its choices
+    (for configs built directly, not through :func:`from_flat`)."""
+    for f in dataclasses.fields(config):
+        choices = f.metadata.get("choices")
+        value = getattr(config, f.name)
+        if choices and value is not None and value not in choices:
+            raise ValueError(f"{f.name}={value!r}; expected one of {list(choices)}")
+
+
 def not_an_option(default: Any) -> Any:
     """A config field set by the program (e.g. the catalogue size), never by users."""
     return dataclasses.field(default=default, metadata={"option": False})

@@ -69,6 +69,7 @@ class Recommender(BaseEstimator):
         weight_decay: float = TrainConfig.weight_decay,
         grad_clip: float = TrainConfig.grad_clip,
         num_negatives: int = TrainConfig.num_negatives,
+        negatives: str = TrainConfig.negatives,
         gbce_t: float = TrainConfig.gbce_t,
         patience: int = TrainConfig.patience,
         eval_every: int = TrainConfig.eval_every,
@@ -98,6 +99,7 @@ class Recommender(BaseEstimator):
         self.weight_decay = weight_decay
         self.grad_clip = grad_clip
         self.num_negatives = num_negatives
+        self.negatives = negatives
         self.gbce_t = gbce_t
         self.patience = patience
         self.eval_every = eval_every

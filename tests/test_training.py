@@ -155,7 +155,19 @@ def test_early_stopping_keeps_the_best_epoch(successor_data, monkeypatch):
 
 
 def test_bad_train_config():
-    with pytest.raises(ValueError, match="loss 'mse'"):
+    with pytest.raises(ValueError, match="loss='mse'; expected one of"):
         TrainConfig(loss="mse")
     with pytest.raises(ValueError, match="batch_size=0"):
         TrainConfig(batch_size=0)
+
+
+def test_sampled_softmax_negatives_by_popularity_or_uniform(successor_data):
+    popular = _trainer(successor_data, loss="sampled-softmax").log_q
+    uniform = _trainer(successor_data, loss="sampled-softmax", negatives="uniform").log_q
+    counts = SequenceData.load(successor_data).item_counts()
+    assert torch.isinf(popular[0]) and torch.isinf(uniform[0])  # padding is never drawn
+    expected = np.log((counts[1:] + 1) / (counts[1:] + 1).sum())
+    assert np.allclose(popular[1:].numpy(), expected, atol=1e-6)
+    assert np.allclose(uniform[1:].numpy(), -np.log(len(counts) - 1), atol=1e-6)
+    with pytest.raises(ValueError, match="negatives='rare'; expected one of"):
+        TrainConfig(negatives="rare")

@@ -31,7 +31,7 @@ from recsys.evaluation.evaluate import EvalConfig, evaluate
 from recsys.io import atomic_file
 from recsys.models.sasrec import SASRec, SASRecConfig
 from recsys.models.scorers import SASRecScorer
-from recsys.options import option
+from recsys.options import check_choices, option
 from recsys.training.batches import training_batch
 from recsys.training.losses import LOSSES, popularity_log_q, sequence_loss
 
@@ -73,6 +73,13 @@ class TrainConfig:
     weight_decay: float = option(0.0, "AdamW weight decay")
     grad_clip: float = option(1.0, "max gradient norm; 0 = off")
     num_negatives: int = option(256, "negatives for sampled-softmax and gbce")
+    # Popularity negatives with the log-Q correction approximate the full softmax; uniform
+    # ones (no correction needed) push down the long tail harder.
+    negatives: str = option(
+        "popularity",
+        "how sampled-softmax draws its negatives: by popularity (log-Q corrected), or uniformly",
+        choices=("popularity", "uniform"),
+    )
     gbce_t: float = option(0.75, "gbce calibration")
     patience: int = option(
         10,
@@ -91,13 +98,10 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss {self.loss!r} is unknown; expected one of {LOSSES}")
+        check_choices(self)
         for name in ("epochs", "batch_size", "patience", "eval_every", "num_negatives"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: expected at least 1")
-        if self.window not in ("last", "random"):
-            raise ValueError(f"window {self.window!r} is unknown; expected 'last' or 'random'")
         if self.lr <= 0:
             raise ValueError(f"lr={self.lr}: expected > 0")
 
@@ -179,6 +183,8 @@ class Trainer:
             betas=(0.9, 0.98),
         )
         counts = torch.from_numpy(data.item_counts())
+        if train_cfg.negatives == "uniform":
+            counts = torch.zeros_like(counts)  # every item alike
         self.log_q = popularity_log_q(counts) if train_cfg.loss == "sampled-softmax" else None
         self.epoch = 0
         self.history: list[dict[str, float]] = []
