@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from recsys.bundle import Bundle, load_bundle, resolve_model
 from recsys.data.dataset import gather_ragged
+from recsys.data.readers import LIBRARY_ERRORS, library_message
 from recsys.io import atomic_file, check_output_folder, remove_stale_temporaries, sha256_file
 from recsys.options import option
 from recsys.scoring import RESULT_SCHEMA, results_frame, score_chunk
@@ -37,6 +38,7 @@ from recsys.tracking import URI_HELP
 log = logging.getLogger(__name__)
 
 JOB, MANIFEST = "_job.parquet", "_manifest.parquet"
+OWNED = ("part-*.parquet", JOB, MANIFEST)  # every file the job writes
 META_KEY = b"recsys"  # the Parquet key-value metadata entry holding the JSON
 
 
@@ -69,13 +71,23 @@ class RecommendConfig:
 def read_user_ids(path: str | Path) -> list[str]:
     """User IDs from a ``.parquet``/``.csv`` file (column ``user_id``) or text, one per line."""
     p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"users file {str(p)!r} is a folder; expected a file of user IDs")
     if not p.is_file():
         raise ValueError(f"users file {str(p)!r} does not exist")
     if p.suffix in (".parquet", ".csv"):
-        df = pl.read_parquet(p) if p.suffix == ".parquet" else pl.read_csv(p, infer_schema=False)
+        try:
+            df = (
+                pl.read_parquet(p) if p.suffix == ".parquet" else pl.read_csv(p, infer_schema=False)
+            )
+            if "user_id" in df.columns:
+                ids = df["user_id"].cast(pl.String)
+        except LIBRARY_ERRORS as e:
+            raise ValueError(
+                f"users file {str(p)!r} cannot be read as {p.suffix[1:]}: {library_message(e)}"
+            ) from None
         if "user_id" not in df.columns:
             raise ValueError(f"{str(p)!r} has no column 'user_id'; columns: {df.columns}")
-        ids = df["user_id"].cast(pl.String)
         if ids.null_count():
             row = int(ids.is_null().arg_true()[0])
             raise ValueError(f"{str(p)!r}, row {row + 1}: empty user_id")
@@ -147,7 +159,7 @@ def run(cfg: RecommendConfig) -> dict[str, Any]:
     check_output_folder(
         out,
         kind="the output of a recommend job",
-        owned=("part-*.parquet", JOB, MANIFEST),
+        owned=OWNED,
         is_ours=lambda p: _read_meta(p / JOB) is not None,
     )
     bundle = load_bundle(resolve_model(cfg.model, cfg.tracking_uri))
@@ -171,7 +183,8 @@ def run(cfg: RecommendConfig) -> dict[str, Any]:
                 "with the same arguments, or write to another --output"
             )
     out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out)  # parts a killed run was writing
+    for pattern in OWNED:  # what a killed run was writing
+        remove_stale_temporaries(out, pattern)
     (out / MANIFEST).unlink(missing_ok=True)  # the job is not finished until rewritten
     _write_meta(out / JOB, job)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -148,10 +149,9 @@ def run(cfg: TrainJobConfig) -> dict[str, Any]:
     eval_cfg = eval_config(cfg.fit, ks=tuple(cfg.eval_ks)).within(data.num_items)
     setup(experiment, cfg.tracking_uri)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    out = Path(cfg.output or Path("data") / "runs" / f"{experiment}-{stamp}")
-    if not cfg.output:
-        check_run_folder(out, resume=False)
-    out.mkdir(parents=True, exist_ok=True)
+    # Runs started in the same second (a sweep's quick children) each get their own folder.
+    out = Path(cfg.output or Path("data") / "runs" / f"{experiment}-{stamp}-{uuid.uuid4().hex[:6]}")
+    out.mkdir(parents=True, exist_ok=bool(cfg.output))
     marker = {"written_by": "recsys train", "status": "running"}
     write_json(out / RUN_MARKER, marker)
 

@@ -161,15 +161,16 @@ def save_bundle(
     """
     if kind not in MODEL_KINDS:
         raise ValueError(f"model kind {kind!r} is unknown; expected one of {MODEL_KINDS}")
+    owned = ("bundle.json", *FILES)
     check_output_folder(
         path,
         kind="a model bundle",
-        owned=("bundle.json", *FILES),
+        owned=owned,
         is_ours=lambda p: json_has_keys(p / "bundle.json", ("format", "version", "kind")),
     )
     doc = {"format": FORMAT, "version": VERSION, "kind": kind, "dataset": data.dataset_info()}
     doc.update(meta)
-    with atomic_dir(path) as tmp:
+    with atomic_dir(path, owned=owned) as tmp:
         torch.save(weights, tmp / "weights.pt")
         for name in ("vocab_items.parquet", "vocab_users.parquet"):
             shutil.copyfile(data.path / name, tmp / name)
@@ -263,6 +264,12 @@ def resolve_model(spec: str, tracking_uri: str | None = None) -> Path:
     """
     if Path(spec).is_dir():
         return Path(spec)
+    if Path(spec).exists():
+        raise ValueError(
+            f"model {spec!r} is a file; expected a bundle folder, a run id or models:/"
+        )
+    if "/" in spec and ":/" not in spec:  # a path, not an MLflow id or URI: touch no store
+        raise ValueError(f"model {spec!r}: no such bundle folder")
     import mlflow
     from mlflow.exceptions import MlflowException
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import glob
 import hashlib
 import json
 import os
@@ -26,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 _CHUNK = 1 << 20
-# What a temporary sibling of ours looks like: ".NAME.tmp-PID-HEX" (older releases wrote
-# ".NAME.tmp-HEX", without the process id).
-_TMP = re.compile(r"^\.(?P<name>.+)\.tmp-(?:(?P<pid>\d+)-)?[0-9a-f]{8}$")
+# What a temporary sibling of ours looks like: ".NAME.tmp-PID-HEX". Only this exact shape
+# is ever removed, and only for a NAME the job writes and a process that is gone.
+_TMP = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)-[0-9a-f]{8}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")
 
 
@@ -119,16 +120,19 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def is_temporary(name: str) -> bool:
-    """Whether a file name is one of our temporary siblings (live or stale)."""
-    return _TMP.match(name) is not None
+def is_temporary(name: str, owned: Sequence[str] = ("*",)) -> bool:
+    """Whether a file name is one of our temporary siblings (live or stale) of a name
+    matching one of the ``owned`` patterns."""
+    m = _TMP.match(name)
+    return m is not None and any(fnmatch.fnmatchcase(m["name"], pat) for pat in owned)
 
 
-def remove_stale_temporaries(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
-    """Remove temporaries a killed run left in ``folder`` (of output ``name``, or of any).
+def remove_stale_temporaries(folder: str | os.PathLike, name: str) -> list[Path]:
+    """Remove temporaries a killed run left in ``folder`` of the outputs named ``name``
+    (an ``fnmatch`` pattern such as ``part-*.parquet``).
 
     A temporary is stale when the process that made it is gone; ours and other live
-    processes' are kept. Only names of our own pattern are touched.
+    processes' are kept. Only names of our own exact pattern are touched.
 
     Returns
     -------
@@ -141,10 +145,10 @@ def remove_stale_temporaries(folder: str | os.PathLike, name: str | None = None)
     removed = []
     for entry in folder.iterdir():
         m = _TMP.match(entry.name)
-        if m is None or (name is not None and m["name"] != name):
+        if m is None or not fnmatch.fnmatchcase(m["name"], name):
             continue
-        pid = m["pid"]
-        if pid is not None and (int(pid) == os.getpid() or _pid_alive(int(pid))):
+        pid = int(m["pid"])
+        if pid == os.getpid() or _pid_alive(pid):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
@@ -198,6 +202,10 @@ def check_output_folder(
     p = Path(path)
     if not str(path).strip():
         raise ValueError("the output path is empty; name a new folder")
+    if p.is_symlink():
+        raise ValueError(
+            f"output {str(path)!r} is a symbolic link; give the folder it points to, or a new one"
+        )
     full = p.resolve()
     cwd = Path.cwd().resolve()
     if _inside(cwd, full) or full == Path.home().resolve():
@@ -214,21 +222,38 @@ def check_output_folder(
     if p.exists() and not p.is_dir():
         raise ValueError(f"output {str(path)!r} is a file; expected a folder for {kind}")
     _check_writable_parent(p)
-    remove_stale_temporaries(p.parent, p.name)
-    if not p.is_dir():
-        return p
-    entries = [e for e in p.rglob("*") if not is_temporary(e.name)]
-    if not entries:
-        return p
-    files = [e.relative_to(p).as_posix() for e in entries if not e.is_dir()]
-    foreign = [f for f in files if not any(fnmatch.fnmatchcase(f, pat) for pat in owned)]
-    if foreign or not is_ours(p):
-        shown = ", ".join(repr(f) for f in (foreign or files)[:3])
-        raise ValueError(
-            f"output folder {str(path)!r} already holds files that are not {kind} written by "
-            f"recsys ({shown}); choose a new folder, or empty this one yourself"
-        )
+    if p.is_dir():
+        foreign = foreign_files(p, owned)
+        if foreign or (any(p.iterdir()) and not is_ours(p)):
+            shown = ", ".join(repr(f) for f in (foreign or sorted(os.listdir(p)))[:3])
+            raise ValueError(
+                f"output folder {str(path)!r} already holds files that are not {kind} written "
+                f"by recsys ({shown}); choose a new folder, or empty this one yourself"
+            )
+    # Only once the output is known to be ours (or new) are its leftovers removed.
+    remove_stale_temporaries(p.parent, glob.escape(p.name))
     return p
+
+
+def foreign_files(folder: Path, owned: Sequence[str]) -> list[str]:
+    """Entries of ``folder`` (relative, ``/``-separated) that are not ours to replace: any
+    symbolic link (what it points to is not ours), and any file or temporary whose name
+    matches none of the ``owned`` patterns."""
+    foreign = []
+    for e in sorted(folder.rglob("*")):
+        rel = e.relative_to(folder).as_posix()
+        if e.is_symlink():
+            foreign.append(rel)
+        elif e.is_dir():
+            continue
+        elif is_temporary(e.name):  # ours only beside a file the job writes
+            m = _TMP.match(e.name)
+            sibling = (e.parent / m["name"]).relative_to(folder).as_posix()
+            if not any(fnmatch.fnmatchcase(sibling, pat) for pat in owned):
+                foreign.append(rel)
+        elif not any(fnmatch.fnmatchcase(rel, pat) for pat in owned):
+            foreign.append(rel)
+    return foreign
 
 
 def check_output_file(
@@ -246,6 +271,10 @@ def check_output_file(
     p = Path(path)
     if not str(path).strip():
         raise ValueError("the output path is empty; name a new file")
+    if p.is_symlink():
+        raise ValueError(
+            f"output {str(path)!r} is a symbolic link; give the file it points to, or a new one"
+        )
     if p.is_dir():
         raise ValueError(f"output {str(path)!r} is a folder; expected a file name for {kind}")
     _check_writable_parent(p)
@@ -254,7 +283,7 @@ def check_output_file(
             f"output {str(path)!r} exists and is not {kind} written by recsys; choose a new "
             "file name, or remove it yourself"
         )
-    remove_stale_temporaries(p.parent, p.name)
+    remove_stale_temporaries(p.parent, glob.escape(p.name))
     return p
 
 
@@ -321,7 +350,7 @@ def verify_files(folder: Path, files: dict[str, Any], redo: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike, owned: Sequence[str] | None = None) -> Iterator[Path]:
     """Yield a temporary sibling folder that replaces ``path`` only if the block succeeds.
 
     A crash or exception inside the block removes the temporary folder and leaves
@@ -332,6 +361,9 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     ----------
     path : path-like
         Final folder.
+    owned : sequence of str, optional
+        The job's file patterns: checked again just before the old folder is replaced, so
+        that a file put there while the job ran is not deleted with it.
 
     Yields
     ------
@@ -340,7 +372,6 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(final.parent, final.name)
     tmp = _tmp_sibling(final)
     tmp.mkdir()
     try:
@@ -349,6 +380,12 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     old = None
+    if owned is not None and final.is_dir() and (foreign := foreign_files(final, owned)):
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ValueError(
+            f"output folder {str(final)!r} got files that recsys did not write while the job "
+            f"ran ({', '.join(map(repr, foreign[:3]))}); it was left as it was"
+        )
     if final.exists():
         # Two renames: the old output stays whole until the new one is in place.
         old = _tmp_sibling(final)

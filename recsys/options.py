@@ -189,8 +189,16 @@ def not_an_option(default: Any) -> Any:
     return dataclasses.field(default=default, metadata={"option": False})
 
 
+def _optional(hint: Any) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in (
+        typing.get_args(hint)
+    )
+
+
 def _coerce(hint: Any, value: Any, where: str) -> Any:
     if value is None:
+        if not _optional(hint):
+            raise ValueError(f"{where}: expected a value, got None (this option has no 'none')")
         return None
     hint = _base_type(hint)
     origin = typing.get_origin(hint)
@@ -219,8 +227,8 @@ def parse_value(cls: type, name: str, raw: str) -> Any:
     fields = flat_fields(cls)
     if name not in fields:
         raise ValueError(f"unknown option {name!r}; expected one of {sorted(fields)}")
-    hint = _base_type(fields[name][2])
-    if raw == "None":
+    field, hint = fields[name][1], _base_type(fields[name][2])
+    if raw == "None" and _optional(fields[name][2]):
         return None
     if hint is bool:
         if raw.lower() not in ("true", "false", "1", "0"):
@@ -228,8 +236,14 @@ def parse_value(cls: type, name: str, raw: str) -> Any:
         return raw.lower() in ("true", "1")
     if typing.get_origin(hint) in (list, tuple):
         (inner, *_) = typing.get_args(hint)
-        return [_parse_scalar(inner, name, v) for v in raw.replace(",", " ").split()]
-    return _parse_scalar(hint, name, raw)
+        # As on the command line: numbers may be comma-separated, text is one value.
+        parts = raw.split(",") if inner in (int, float) else [raw]
+        return [_parse_scalar(inner, name, v.strip()) for v in parts if v.strip()]
+    value = _parse_scalar(hint, name, raw)
+    choices = field.metadata.get("choices")
+    if choices and value not in choices:
+        raise ValueError(f"{name}={raw!r}; expected one of {list(choices)}")
+    return value
 
 
 def _parse_scalar(kind: Any, name: str, raw: str) -> Any:
@@ -365,7 +379,8 @@ class _Extend(argparse.Action):
     """``--eval-ks 5 10`` and ``--eval-ks 5,10`` both give ``[5, 10]``."""
 
     def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, [v for chunk in values for v in chunk])
+        given = getattr(namespace, self.dest, None) or []  # a repeated flag adds to the list
+        setattr(namespace, self.dest, [*given, *(v for chunk in values for v in chunk)])
 
 
 def required(cls: type) -> list[str]:

@@ -199,7 +199,8 @@ class Recommender(BaseEstimator):
         False; ``exclude_items`` (raw IDs) are left out for every user.
         """
         self._check_k(k)
-        users = self._user_idx(list(user_ids))
+        user_ids = [str(u) for u in user_ids]  # any iterable, once
+        users = self._user_idx(user_ids)
         flat, offsets = self.bundle.histories()
         parts = []
         for lo in range(0, len(users), batch_size):
@@ -207,11 +208,7 @@ class Recommender(BaseEstimator):
             h, h_off = gather_ragged(flat, offsets[u - 1], offsets[u])
             ex = self._exclusions(exclude_items, len(u))
             items, scores = score_chunk(self.bundle, h, h_off, k, exclude_seen, ex)
-            parts.append(
-                results_frame(
-                    self.bundle, [str(x) for x in user_ids[lo : lo + batch_size]], items, scores
-                )
-            )
+            parts.append(results_frame(self.bundle, user_ids[lo : lo + batch_size], items, scores))
         out = pl.concat(parts) if parts else pl.DataFrame(schema=RESULT_SCHEMA)
         return out.to_pandas() if as_pandas else out
 

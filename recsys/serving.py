@@ -236,7 +236,8 @@ class RecsysModel(mlflow.pyfunc.PythonModel):
             parts.append(_frame(bundle, lo, items, scores, ks[lo:hi], row_user[lo:hi]))
         if not parts:  # no rows: the columns alone
             none = np.zeros((0, 1), dtype=np.int64)
-            parts.append(_frame(bundle, 0, none, none.astype(np.float32), none[:, 0], none))
+            no_user = np.zeros(0, dtype=object)
+            parts.append(_frame(bundle, 0, none, none.astype(np.float32), none[:, 0], no_user))
         return parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
 
 

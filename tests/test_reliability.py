@@ -131,24 +131,74 @@ def test_output_in_a_read_only_folder_is_one_line(tmp_path, capsys, monkeypatch)
 def test_stale_temporaries_of_a_killed_run_are_removed(tmp_path):
     src = tmp_path / "e.csv"
     src.write_text(EVENTS)
-    # A temporary of a process that is gone (and one of an older release, without a
-    # process id), and one of a live process, which must be kept.
+    # A temporary of a process that is gone is removed; one of a live process, one of
+    # another output, and a user's file that merely looks alike are kept.
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout.strip()
-    stale = [tmp_path / f".out.tmp-{dead}-0123abcd", tmp_path / ".out.tmp-89abcdef"]
-    for s in stale:
-        (s / "sequences").mkdir(parents=True)
-    live = tmp_path / f".out.tmp-{os.getppid()}-fedcba98"
-    live.mkdir()
-    other = tmp_path / ".other.tmp-1-00000000"
-    other.mkdir()
+    stale = tmp_path / f".out.tmp-{dead}-0123abcd"
+    (stale / "sequences").mkdir(parents=True)
+    kept = [
+        tmp_path / f".out.tmp-{os.getppid()}-fedcba98",
+        tmp_path / ".other.tmp-1-00000000",
+        tmp_path / ".out.tmp-20240101",  # no process id: not ours
+    ]
+    for k in kept:
+        k.mkdir()
     assert prepare(src, tmp_path / "out") == 0
-    assert not any(s.exists() for s in stale)
-    assert live.is_dir() and other.is_dir()
+    assert not stale.exists() and all(k.is_dir() for k in kept)
+
+
+def test_look_alike_and_linked_files_are_not_ours(tmp_path, capsys):
+    src = tmp_path / "e.csv"
+    src.write_text(EVENTS)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".notes.tmp-20240101").write_text("mine")  # looks like a temporary of ours
+    assert prepare(src, out) == 2
+    assert ".notes.tmp-20240101" in one_error_line(capsys)
+    assert (out / ".notes.tmp-20240101").read_text() == "mine"
+    # A refused job touches nothing beside its output either.
+    dead_like = tmp_path / ".out.tmp-999999999-0123abcd"
+    dead_like.mkdir()
+    assert prepare(src, out) == 2 and dead_like.is_dir()
+    capsys.readouterr()
+    # A prepared dataset whose sequences folder is a link to elsewhere is not replaced.
+    ours = tmp_path / "ours"
+    assert prepare(src, ours) == 0
+    elsewhere = tmp_path / "elsewhere"
+    (ours / "sequences").rename(elsewhere)
+    (ours / "sequences").symlink_to(elsewhere)
+    assert prepare(src, ours) == 2
+    assert "'sequences'" in one_error_line(capsys)
+    assert (elsewhere / "part-00000.parquet").is_file()
+    # An output that is itself a link is refused.
+    link = tmp_path / "link"
+    link.symlink_to(elsewhere)
+    assert prepare(src, link) == 2
+    assert "is a symbolic link" in one_error_line(capsys)
+
+
+def test_files_added_while_the_job_runs_are_kept(tmp_path, monkeypatch):
+    import recsys.data.prepare as prep
+
+    src = tmp_path / "e.csv"
+    src.write_text(EVENTS)
+    out = tmp_path / "out"
+    assert prepare(src, out) == 0
+    real = prep.write_json
+
+    def meanwhile(path, obj):  # the user drops a file into the old output mid-job
+        (out / "notes.txt").write_text("mine")
+        real(path, obj)
+
+    monkeypatch.setattr(prep, "write_json", meanwhile)
+    assert prepare(src, out) == 2
+    assert (out / "notes.txt").read_text() == "mine" and (out / "manifest.json").is_file()
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
 
 
 def test_dataset_name_cannot_escape(tmp_path, capsys):
@@ -410,3 +460,42 @@ def test_experiment_created_by_another_job_meanwhile(tmp_path, monkeypatch):
 
     monkeypatch.setattr(mlflow, "get_experiment_by_name", not_yet)
     assert setup("together", uri) == first
+
+
+def test_review_findings_are_one_line(trained, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    bundle, data = str(trained["run"] / "bundle"), str(trained["data"])
+    # None for an option that has no 'none'.
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"max_len": None}))
+    assert main(["train", "--data", data, "--config", str(cfg)]) == 2
+    assert "max_len: expected a value, got None" in one_error_line(capsys)
+    # Users files polars cannot read, or a folder.
+    rec = ["recommend", "--model", bundle, "--k", "3", "--output", "out", "--users"]
+    bad = tmp_path / "u.csv"
+    bad.write_text('user_id\n"1\n2\n')
+    assert main([*rec, str(bad)]) == 2
+    assert "users file" in one_error_line(capsys)
+    garbage = tmp_path / "u.parquet"
+    garbage.write_bytes(b"PAR1 not really")
+    assert main([*rec, str(garbage)]) == 2
+    assert "cannot be read as parquet" in one_error_line(capsys)
+    assert main([*rec, str(tmp_path)]) == 2
+    assert "is a folder" in one_error_line(capsys)
+    assert not (tmp_path / "out").exists()
+    # A mistyped model path: one line, and no MLflow store created on the way.
+    assert main(["recommend", "--model", str(cfg), "--output", "o4"]) == 2
+    assert "is a file; expected a bundle folder" in one_error_line(capsys)
+    assert main(["recommend", "--model", "runs/nope/bundle", "--output", "o5"]) == 2
+    assert "no such bundle folder" in one_error_line(capsys)
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_default_run_folders_never_collide(trained, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["train", "--data", str(trained["data"]), "--model", "most-popular"]
+    for _ in range(3):  # well within one second: the same time stamp
+        assert main([*args, "--tracking-uri", uri, "--eval-ks", "10"]) == 0
+    assert len(list((tmp_path / "data" / "runs").iterdir())) == 3

@@ -342,3 +342,9 @@ def test_registered_model_served_over_rest(
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_an_empty_request_gets_the_columns_only(served):
+    model, _ = served
+    out = model.predict(None, pd.DataFrame({"user_id": pd.Series([], dtype=object)}))
+    assert list(out.columns) == ["request", "user_id", "rank", "item_id", "score"] and out.empty

@@ -223,3 +223,28 @@ def test_jobs_never_import_the_command_line():
         for m, p in modules("pipelines").items()
     }
     assert {m: i for m, i in offenders.items() if i} == {}
+
+
+def test_option_values_are_checked_everywhere():
+    from pipelines.train import TrainJobConfig
+    from recsys.options import from_flat, parse_value
+    from recsys.training.fit import FitConfig
+
+    with pytest.raises(ValueError, match="expected a value, got None"):
+        from_flat(TrainJobConfig, {"data": "d", "max_len": None})
+    assert from_flat(TrainJobConfig, {"data": "d", "d_ff": None}).fit.sasrec.d_ff is None
+    with pytest.raises(ValueError, match=r"loss='zzz'; expected one of"):
+        parse_value(TrainJobConfig, "loss", "zzz")
+    with pytest.raises(ValueError, match=r"model='zzz'; expected one of"):
+        FitConfig(model="zzz")
+    assert parse_value(TrainJobConfig, "eval_ks", "5,10") == [5, 10]
+    assert subparser("train").parse_args(["--eval-ks", "5", "--eval-ks", "10,20"]).eval_ks == [
+        5,
+        10,
+        20,
+    ]
+
+
+def test_recommend_takes_any_iterable_of_users(successor_model):
+    rec = successor_model("most-popular")
+    assert rec.recommend(iter(["1", "2"]), k=2).equals(rec.recommend(["1", "2"], k=2))

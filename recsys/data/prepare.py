@@ -270,7 +270,7 @@ def prepare_dataset(
     }
     if manifest["inputs"]:
         manifest["dataset"]["version"] = manifest["inputs"][0]["sha256"][:12]
-    with atomic_dir(output) as tmp:
+    with atomic_dir(output, owned=OWNED) as tmp:
         (tmp / "sequences").mkdir()
         tables = {
             "vocab_users.parquet": users_df,

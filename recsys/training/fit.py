@@ -20,7 +20,7 @@ from recsys.data.dataset import SequenceData
 from recsys.evaluation.evaluate import EvalConfig
 from recsys.models.sasrec import SASRecConfig
 from recsys.models.scorers import MODEL_KINDS, MostPopular, SASRecScorer, Scorer
-from recsys.options import option, to_flat
+from recsys.options import check_choices, option, to_flat
 from recsys.training.trainer import TrainConfig, Trainer
 
 
@@ -37,6 +37,9 @@ class FitConfig:
         False, "rank the user's history items too in validation and evaluation (RecBole's way)"
     )
     progress: bool = option(True, "progress bars")
+
+    def __post_init__(self) -> None:
+        check_choices(self)
 
 
 @dataclass
