@@ -199,13 +199,7 @@ def check_output_folder(
     ValueError
         With one line naming the path and why it is refused.
     """
-    p = Path(path)
-    if not str(path).strip():
-        raise ValueError("the output path is empty; name a new folder")
-    if p.is_symlink():
-        raise ValueError(
-            f"output {str(path)!r} is a symbolic link; give the folder it points to, or a new one"
-        )
+    p = _output_path(path, "folder")
     full = p.resolve()
     cwd = Path.cwd().resolve()
     if _inside(cwd, full) or full == Path.home().resolve():
@@ -268,13 +262,7 @@ def check_output_file(
     ValueError
         With one line naming the path and why it is refused.
     """
-    p = Path(path)
-    if not str(path).strip():
-        raise ValueError("the output path is empty; name a new file")
-    if p.is_symlink():
-        raise ValueError(
-            f"output {str(path)!r} is a symbolic link; give the file it points to, or a new one"
-        )
+    p = _output_path(path, "file")
     if p.is_dir():
         raise ValueError(f"output {str(path)!r} is a folder; expected a file name for {kind}")
     _check_writable_parent(p)
@@ -284,6 +272,18 @@ def check_output_file(
             "file name, or remove it yourself"
         )
     remove_stale_temporaries(p.parent, glob.escape(p.name))
+    return p
+
+
+def _output_path(path: str | os.PathLike, what: str) -> Path:
+    # A link's target is not ours to replace, and renaming onto the link would leave it.
+    if not str(path).strip():
+        raise ValueError(f"the output path is empty; name a new {what}")
+    p = Path(path)
+    if p.is_symlink():
+        raise ValueError(
+            f"output {str(path)!r} is a symbolic link; give the {what} it points to, or a new one"
+        )
     return p
 
 
