@@ -275,8 +275,9 @@ def resolve_model(spec: str, tracking_uri: str | None = None) -> Path:
 
     from recsys.tracking import check_reachable, resolve_uri
 
-    check_reachable(resolve_uri(tracking_uri))
-    mlflow.set_tracking_uri(resolve_uri(tracking_uri))
+    uri = resolve_uri(tracking_uri)
+    check_reachable(uri)
+    mlflow.set_tracking_uri(uri)
     try:
         if spec.startswith("models:/"):
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=spec))
@@ -289,5 +290,5 @@ def resolve_model(spec: str, tracking_uri: str | None = None) -> Path:
     except MlflowException as e:
         raise ValueError(
             f"model {spec!r} is neither a folder nor a run id / models:/ URI with a "
-            f"{ARTIFACT_PATH!r} artifact at {resolve_uri(tracking_uri)!r}: {e.message}"
+            f"{ARTIFACT_PATH!r} artifact at {uri!r}: {e.message}"
         ) from e

@@ -68,8 +68,9 @@ def load_runs(
 
     from recsys.tracking import check_reachable, resolve_uri
 
-    check_reachable(resolve_uri(tracking_uri))
-    client = mlflow.MlflowClient(resolve_uri(tracking_uri))
+    uri = resolve_uri(tracking_uri)
+    check_reachable(uri)
+    client = mlflow.MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise ValueError(f"experiment {experiment!r} does not exist at {client.tracking_uri!r}")

@@ -58,12 +58,15 @@ def quote(value: Any, limit: int = 80) -> str:
 
     Examples
     --------
-    ``quote("x" * 1000, limit=10)`` → ``'xxxxxxxxxx'... (1000 characters)``.
+    ``quote("x" * 1000, limit=10)`` → ``'xxxxxxxxxx'... (1000 characters)``; ``quote(5)``
+    → ``5``; ``quote(None)`` → ``None`` (not text that reads as if it were in the file).
     """
-    text = str(value)
+    # A string is cut, then quoted; anything else is shown as its repr, cut.
+    text = value if isinstance(value, str) else repr(value)
     if len(text) <= limit:
-        return repr(text)
-    return f"{text[:limit]!r}... ({len(text)} characters)"
+        return repr(value)
+    head = repr(text[:limit]) if isinstance(value, str) else text[:limit]
+    return f"{head}... ({len(text)} characters)"
 
 
 def safe_name(value: str, what: str) -> str:
@@ -118,13 +121,6 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:  # alive, but another user's
         return True
     return True
-
-
-def is_temporary(name: str, owned: Sequence[str] = ("*",)) -> bool:
-    """Whether a file name is one of our temporary siblings (live or stale) of a name
-    matching one of the ``owned`` patterns."""
-    m = _TMP.match(name)
-    return m is not None and any(fnmatch.fnmatchcase(m["name"], pat) for pat in owned)
 
 
 def remove_stale_temporaries(folder: str | os.PathLike, name: str) -> list[Path]:
@@ -240,8 +236,7 @@ def foreign_files(folder: Path, owned: Sequence[str]) -> list[str]:
             foreign.append(rel)
         elif e.is_dir():
             continue
-        elif is_temporary(e.name):  # ours only beside a file the job writes
-            m = _TMP.match(e.name)
+        elif m := _TMP.match(e.name):  # ours only beside a file the job writes
             sibling = (e.parent / m["name"]).relative_to(folder).as_posix()
             if not any(fnmatch.fnmatchcase(sibling, pat) for pat in owned):
                 foreign.append(rel)

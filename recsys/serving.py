@@ -33,29 +33,18 @@ import pandas as pd
 
 from recsys.bundle import ARTIFACT_PATH, Bundle
 from recsys.data.dataset import gather_ragged
+from recsys.io import quote
 from recsys.options import from_env, option
 from recsys.scoring import score_chunk
 
 MODEL_NAME = "model"  # the name of the logged model inside a training run
 DEFAULT_K = 10
 CHUNK_ROWS = 1024  # rows scored together: bounds the (rows, k) and padded-history arrays
-QUOTE_CHARS = 60
+QUOTE_CHARS = 60  # request values are quoted at most this long in errors
 
 
-def _quote(value: Any) -> str:
-    """``repr`` of a request value for an error message, cut to :data:`QUOTE_CHARS`.
-
-    Examples
-    --------
-    ``_quote("196")`` → ``'196'``; a 5 MB string → its first 60 characters quoted, then
-    ``... (5000000 characters)``.
-    """
-    # A string is cut, then quoted; anything else is shown as its repr, cut.
-    text = value if isinstance(value, str) else repr(value)
-    if len(text) <= QUOTE_CHARS:
-        return repr(value)
-    head = repr(text[:QUOTE_CHARS]) if isinstance(value, str) else text[:QUOTE_CHARS]
-    return f"{head}... ({len(text)} characters)"
+def _q(value: Any) -> str:  # request data in an error message, cut short
+    return quote(value, QUOTE_CHARS)
 
 
 @dataclass
@@ -132,7 +121,7 @@ def _ks(k: pd.Series | None, rows: int, num_items: int) -> np.ndarray:
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         raise _row_error(
-            bad, f"k={_quote(value)}: expected an integer from 1 to the catalogue size {num_items}"
+            bad, f"k={_q(value)}: expected an integer from 1 to the catalogue size {num_items}"
         )
     return np.where(missing, DEFAULT_K, np.nan_to_num(numbers)).astype(np.int64)
 
@@ -179,7 +168,7 @@ class RecsysModel(mlflow.pyfunc.PythonModel):
             )
         if not {"user_id", "history"} & set(df.columns):
             raise ValueError(
-                f"a request needs a 'user_id' or a 'history' column; got {_quote(list(df.columns))}"
+                f"a request needs a 'user_id' or a 'history' column; got {_q(list(df.columns))}"
             )
         df = df.reset_index(drop=True)  # row numbers are positions
         bundle = self.rec.bundle
@@ -203,7 +192,7 @@ class RecsysModel(mlflow.pyfunc.PythonModel):
         if (unknown := np.flatnonzero(user_idx == 0)).size:
             raise _row_error(
                 user_rows[unknown],
-                f"unknown user ID {_quote(user_ids[unknown[0]])}; "
+                f"unknown user ID {_q(user_ids[unknown[0]])}; "
                 "send its history instead for a user not seen in training",
             )
         item_idx, _ = bundle.item_indices(entries)
@@ -211,7 +200,7 @@ class RecsysModel(mlflow.pyfunc.PythonModel):
         known_per_row = np.bincount(entry_rows[known], minlength=n)
         if (empty := np.flatnonzero(has_history & (known_per_row == 0))).size:
             raise _row_error(
-                empty, f"the history {_quote(history.iloc[empty[0]])} has no known item ID"
+                empty, f"the history {_q(history.iloc[empty[0]])} has no known item ID"
             )
 
         # Every row's history (a known user's stored one, or the request's known items) as a

@@ -21,7 +21,8 @@ import recsys.serving as serving
 from recsys import Recommender
 from recsys.bundle import ARTIFACT_PATH
 from recsys.cli import main
-from recsys.serving import RecsysModel, _quote
+from recsys.io import quote
+from recsys.serving import QUOTE_CHARS, RecsysModel
 
 ITEMS = 25  # the catalogue of the `prepared` fixture
 
@@ -112,11 +113,11 @@ MIXED = [
 
 
 def test_quote_cuts_long_values():
-    assert _quote("196") == "'196'"
-    assert _quote(0) == "0"
-    long = _quote("x" * 5_000_000)
+    assert quote("196", QUOTE_CHARS) == "'196'"
+    assert quote(0, QUOTE_CHARS) == "0"
+    long = quote("x" * 5_000_000, QUOTE_CHARS)
     assert long == repr("x" * 60) + "... (5000000 characters)"
-    assert _quote(["1"] * 100_000).endswith("... (500000 characters)")
+    assert quote(["1"] * 100_000, QUOTE_CHARS).endswith("... (500000 characters)")
 
 
 def test_mixed_batch_answers_like_single_rows(served):

@@ -11,7 +11,7 @@ from recsys.options import add_arguments, flag_name, from_flat, load_config_file
 
 EPILOG = "Bad input exits with status 2 and a one-line message naming the file, line or value."
 # Namespace entries that are the parser's own, not options.
-_OWN = ("config", "command", "handler", "log_level", "config_cls")
+_OWN = ("config", "command", "handler", "log_level")
 
 
 def add_job(
@@ -33,7 +33,7 @@ def add_job(
     )
     p.add_argument("--config", help="JSON/TOML file of the same options (flags override it)")
     add_arguments(p, cls)
-    p.set_defaults(handler=handler, config_cls=cls)
+    p.set_defaults(handler=handler)
     return p
 
 

@@ -442,7 +442,7 @@ def validate(raw: pl.LazyFrame, source: Source) -> pl.DataFrame:
                 raise ValueError(f"{str(source.path)!r}, {problem}")
             line = located or line
         value = summary[f"val_{c}"][0]
-        shown = "None" if value is None else quote(value, 60)  # quote(None) reads as text
+        shown = quote(value, 60)
         kind = {"timestamp": "an integer time or a date-time", "rating": "a number"}
         expected = kind.get(c, "a non-empty ID")
         raise ValueError(
