@@ -33,7 +33,7 @@ from recsys.tracking import (
     protocol_label,
     setup,
 )
-from recsys.training.fit import FitConfig, eval_config, fit, make_trainer
+from recsys.training.fit import FitConfig, eval_config, fit, make_trainer, with_data_defaults
 from recsys.training.trainer import BEST, LAST
 
 log = logging.getLogger(__name__)
@@ -144,6 +144,12 @@ def run(cfg: TrainJobConfig) -> dict[str, Any]:
             return {**previous["summary"], "already_finished": True}
     data = SequenceData.load(cfg.data)
     info = data.dataset_info()
+    # Options left unset take values derived from the data; the run records the values
+    # used, so its config.json repeats this run exactly.
+    fit_cfg, derived = with_data_defaults(cfg.fit, data)
+    cfg = dataclasses.replace(cfg, fit=fit_cfg)
+    for note in derived:
+        log.info("derived from the data: %s", note)
     experiment = safe_name(cfg.experiment or info["dataset_name"], "experiment name")
     register_name = safe_name(cfg.register_name or f"recsys-{experiment}", "register name")
     eval_cfg = eval_config(cfg.fit, ks=tuple(cfg.eval_ks)).within(data.num_items)
@@ -182,6 +188,8 @@ def run(cfg: TrainJobConfig) -> dict[str, Any]:
             }
         )
         mlflow.log_dict(options, "config.json")  # usable as --config
+        if derived:
+            mlflow.set_tag("derived_from_data", "; ".join(derived))
         marker["run_id"] = active.info.run_id
         write_json(out / RUN_MARKER, marker)
         if trainer is not None:

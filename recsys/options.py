@@ -368,11 +368,21 @@ def add_arguments(
         elif typing.get_origin(kind) in (list, tuple):
             (inner, *_) = typing.get_args(kind)
             kwargs.update(nargs="+", type=_list_of(inner), action=_Extend)
+        elif kind in (int, float) and _optional(hint):
+            kwargs["type"] = _or_none(kind)  # "None" restores the default meaning
         else:
             kwargs["type"] = kind
         if f.metadata.get("choices"):
             kwargs["choices"] = f.metadata["choices"]
         parser.add_argument(flag_name(name), **kwargs)
+
+
+def _or_none(kind: type) -> Any:
+    def parse(raw: str) -> Any:
+        return None if raw == "None" else kind(raw)
+
+    parse.__name__ = kind.__name__  # argparse names it in "invalid int value"
+    return parse
 
 
 class _Extend(argparse.Action):

@@ -13,6 +13,7 @@ alone gets exactly the list it gets in a batch.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import warnings
 from collections.abc import Iterable, Sequence
@@ -30,8 +31,10 @@ from recsys.data.dataset import SequenceData, gather_ragged
 from recsys.models.sasrec import SASRecConfig
 from recsys.options import from_flat
 from recsys.scoring import RESULT_SCHEMA, results_frame, score_chunk, score_items
-from recsys.training.fit import FitConfig, fit, make_trainer
+from recsys.training.fit import FitConfig, fit, make_trainer, with_data_defaults
 from recsys.training.trainer import TrainConfig
+
+log = logging.getLogger(__name__)
 
 __all__ = ["NotFittedError", "Recommender"]
 
@@ -75,6 +78,7 @@ class Recommender(BaseEstimator):
         eval_every: int = TrainConfig.eval_every,
         seed: int = TrainConfig.seed,
         threads: int = TrainConfig.threads,
+        device: str = TrainConfig.device,
         window: str = TrainConfig.window,
         include_seen_in_eval: bool = FitConfig.include_seen_in_eval,
         progress: bool = FitConfig.progress,
@@ -105,6 +109,7 @@ class Recommender(BaseEstimator):
         self.eval_every = eval_every
         self.seed = seed
         self.threads = threads
+        self.device = device
         self.window = window
         self.include_seen_in_eval = include_seen_in_eval
         self.progress = progress
@@ -122,6 +127,11 @@ class Recommender(BaseEstimator):
         if output is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="recsys-bundle-")
             output = Path(self._tmp.name) / "bundle"
+        cfg, notes = with_data_defaults(cfg, data)
+        for note in notes:
+            log.info("derived from the data: %s", note)
+        # What the options left unset became (scikit-learn keeps the parameters as given).
+        self.derived_ = {n.split("=", 1)[0]: getattr(cfg.sasrec, n.split("=", 1)[0]) for n in notes}
         fitted = fit(cfg, data, make_trainer(cfg, data), extra_meta={"data": str(X)})
         self.history_ = fitted.history
         self.bundle_ = load_bundle(

@@ -39,10 +39,17 @@ def test_ranks_and_top_k_match_brute_force_with_ties(monkeypatch, block):
             assert ranks[b, j] == expected[b].index(int(targets[b, j]))
         assert top[b].tolist() == expected[b][:8]
         assert top_s[b].tolist() == [scores[b, i] for i in expected[b][:8]]
+    # The way a GPU counts (in torch) gives the same answers, ties included.
+    t_ranks, t_top, t_top_s = ranking.rank_and_top_k(
+        users, items, targets, 8, exclude, _numpy_counts=False
+    )
+    assert torch.equal(t_ranks, ranks) and torch.equal(t_top, top)
+    assert torch.equal(t_top_s, top_s)
 
 
+@pytest.mark.parametrize("numpy_counts", [True, False])
 @pytest.mark.parametrize("block", [1 << 22, 7])
-def test_biases_move_listed_items_exactly(monkeypatch, block):
+def test_biases_move_listed_items_exactly(monkeypatch, block, numpy_counts):
     # A model's repeat term: biases (integer-valued, so ties stay exact) added to listed
     # items, summed where an item is listed twice, before exclusion.
     monkeypatch.setattr(ranking, "BLOCK_ELEMENTS", block)
@@ -54,7 +61,13 @@ def test_biases_move_listed_items_exactly(monkeypatch, block):
     values = torch.randint(-3, 4, (5, 6), generator=gen).float() * (listed > 0)
     exclude = torch.tensor([[3, 0]] * 5)
     ranks, top, top_s = ranking.rank_and_top_k(
-        users, items, targets, 8, drop_targets(exclude, targets), (listed, values)
+        users,
+        items,
+        targets,
+        8,
+        drop_targets(exclude, targets),
+        (listed, values),
+        _numpy_counts=numpy_counts,
     )
     scores = (users @ items.T).numpy()
     for b in range(5):

@@ -468,9 +468,9 @@ def test_review_findings_are_one_line(trained, tmp_path, capsys, monkeypatch):
     bundle, data = str(trained["run"] / "bundle"), str(trained["data"])
     # None for an option that has no 'none'.
     cfg = tmp_path / "c.json"
-    cfg.write_text(json.dumps({"max_len": None}))
+    cfg.write_text(json.dumps({"d_model": None}))
     assert main(["train", "--data", data, "--config", str(cfg)]) == 2
-    assert "max_len: expected a value, got None" in one_error_line(capsys)
+    assert "d_model: expected a value, got None" in one_error_line(capsys)
     # Users files polars cannot read, or a folder.
     rec = ["recommend", "--model", bundle, "--k", "3", "--output", "out", "--users"]
     bad = tmp_path / "u.csv"

@@ -11,7 +11,15 @@ def model(**kw) -> SASRec:
     torch.manual_seed(0)
     return SASRec(
         SASRecConfig(
-            **{"num_items": 20, "max_len": 6, "d_model": 16, "n_heads": 2, "n_layers": 2, **kw}
+            **{
+                "num_items": 20,
+                "max_len": 6,
+                "d_model": 16,
+                "n_heads": 2,
+                "n_layers": 2,
+                "dropout": 0.2,
+                **kw,
+            }
         )
     ).eval()
 

@@ -151,9 +151,9 @@ def test_help_shows_defaults_and_plain_percent(capsys):
     with pytest.raises(SystemExit):
         subparser("train").parse_args(["--help"])
     out = capsys.readouterr().out
-    assert "--max-len MAX_LEN" in out and "most recent events the model reads (default: 50)" in (
-        " ".join(out.split())
-    )
+    flat = " ".join(out.split())
+    assert "--max-len MAX_LEN" in out
+    assert "most recent events the model reads (default: from the data)" in flat
     assert "95% bootstrap" in out and "%%" not in out
 
 
@@ -231,7 +231,7 @@ def test_option_values_are_checked_everywhere():
     from recsys.training.fit import FitConfig
 
     with pytest.raises(ValueError, match="expected a value, got None"):
-        from_flat(TrainJobConfig, {"data": "d", "max_len": None})
+        from_flat(TrainJobConfig, {"data": "d", "d_model": None})
     assert from_flat(TrainJobConfig, {"data": "d", "d_ff": None}).fit.sasrec.d_ff is None
     with pytest.raises(ValueError, match=r"loss='zzz'; expected one of"):
         parse_value(TrainJobConfig, "loss", "zzz")

@@ -171,3 +171,17 @@ def test_sampled_softmax_negatives_by_popularity_or_uniform(successor_data):
     assert np.allclose(uniform[1:].numpy(), -np.log(len(counts) - 1), atol=1e-6)
     with pytest.raises(ValueError, match="negatives='rare'; expected one of"):
         TrainConfig(negatives="rare")
+
+
+def test_device_option(monkeypatch):
+    from recsys.training.trainer import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(ValueError, match="device='cuda': torch sees no CUDA GPU"):
+        resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda")
+    with pytest.raises(ValueError, match="device='tpu'; expected one of"):
+        TrainConfig(device="tpu")

@@ -213,11 +213,14 @@ def evaluate(
         start, stop, tstop = st.hist_start[sl], st.hist_stop[sl], st.target_stop[sl]
         inputs = pad_left(data.items, start, stop, scorer.max_len)  # (B, T)
         users = scorer.user_vectors(torch.from_numpy(inputs))
+        dev = users.device  # ranking runs where the model does (a GPU, when trained there)
         # Exclusion and a repeat term read the whole history, beyond the model's window.
         history = torch.from_numpy(pad_left(data.items, start, stop, int((stop - start).max())))
+        history = history.to(dev)
         values = scorer.history_bias(history)
         bias = None if values is None else (history, values)
         targets = torch.from_numpy(ragged_to_padded(*gather_ragged(data.items, stop, tstop)))
+        targets = targets.to(dev)
         if cfg.protocol == "full":
             exclude = drop_targets(history, targets) if cfg.exclude_seen else None
             ranks, top, _ = rank_and_top_k(users, item_vecs, targets, max_k, exclude, bias)
@@ -226,8 +229,9 @@ def evaluate(
         else:
             seen = ragged_to_padded(*gather_ragged(data.items, start, tstop))
             negatives = _sample_unseen(rng, seen, data.num_items, cfg.num_sampled)
-            ranks = _sampled_ranks(users, item_vecs, targets, torch.from_numpy(negatives), bias)
-        ranks_parts.append(ranks.numpy())
+            negs = torch.from_numpy(negatives).to(dev)
+            ranks = _sampled_ranks(users, item_vecs, targets, negs, bias)
+        ranks_parts.append(ranks.cpu().numpy())
         bar.update(len(start))
     bar.close()
     width = max(p.shape[1] for p in ranks_parts)

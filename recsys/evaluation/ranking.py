@@ -96,26 +96,35 @@ def rank_and_top_k(
     k: int,
     exclude: torch.Tensor | None = None,
     bias: HistoryBias | None = None,
+    _numpy_counts: bool | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """Target ranks (as :func:`target_ranks`) and top-k lists (as :func:`top_k`) in one
     pass over the item blocks, so each score is computed once.
 
     ``bias`` (items, values) are added to those items' dot-product scores (a model's
-    repeat term) before exclusion."""
+    repeat term) before exclusion. Inputs may be on any one device; the results are on
+    the CPU. ``_numpy_counts`` forces the CPU (True) or the device (False) way of counting,
+    for tests."""
     B = users.shape[0]
     num = item_vecs.shape[0]
     M = targets.shape[1] if targets is not None else 0
-    best_s = torch.full((B, 0), NEG_INF)
-    best_i = torch.zeros((B, 0), dtype=torch.long)
+    dev = users.device
+    # On the CPU counting is done in numpy (counting a boolean tensor is ~5x slower in
+    # torch); elsewhere (a GPU) in torch, where the scores are.
+    on_cpu = dev.type == "cpu" if _numpy_counts is None else _numpy_counts
+    best_s = torch.full((B, 0), NEG_INF, device=dev)
+    best_i = torch.zeros((B, 0), dtype=torch.long, device=dev)
     if M:
         t_scores = (users[:, None, :] * item_vecs[targets]).sum(-1)  # (B, M)
         if bias is not None:
             t_scores = t_scores + bias_of(bias, targets)
-        # Counting is done in numpy: counting a boolean tensor is ~5x slower in torch.
-        t = t_scores.numpy()[:, :, None]  # (B, M, 1)
-        j = targets.numpy()[:, :, None]  # (B, M, 1)
-        rows = np.arange(B)[:, None]  # (B, 1)
-        ranks = np.zeros((B, M), dtype=np.int64)
+        if on_cpu:
+            t = t_scores.numpy()[:, :, None]  # (B, M, 1)
+            j = targets.numpy()[:, :, None]  # (B, M, 1)
+            rows = np.arange(B)[:, None]  # (B, 1)
+            ranks = np.zeros((B, M), dtype=np.int64)
+        else:
+            ranks_t = torch.zeros((B, M), dtype=torch.long, device=dev)
     step = _block_size(B * max(M, 1), num)
     for lo in range(0, num, step):
         hi = min(lo + step, num)
@@ -127,7 +136,9 @@ def rank_and_top_k(
                 "training; train again with a lower learning rate"
             )
         _mask_excluded(scores, exclude, lo, hi)
-        if M:
+        if M and not on_cpu:
+            ranks_t += _count_ahead(scores, t_scores, targets, lo, hi)
+        elif M:
             s = scores.numpy()[:, None, :]  # (B, 1, n)
             ranks += np.count_nonzero(s > t, axis=-1)
             # The block's matmul may round a target's own score differently from
@@ -140,17 +151,41 @@ def rank_and_top_k(
                 i = np.arange(lo, hi)[None, None, :]
                 ranks += np.count_nonzero(tied & (i < j), axis=-1)
         if k:
-            bs, bi = _block_top_k(scores, min(k, hi - lo))
+            bs, bi = _block_top_k(scores, min(k, hi - lo), on_cpu)
             best_s, best_i = _merge(best_s, best_i, bs, bi + lo, k)
-    out_ranks = torch.from_numpy(ranks).masked_fill(targets == 0, -1) if M else None
-    return out_ranks, best_i.masked_fill(best_s == NEG_INF, 0), best_s
+    out_ranks = None
+    if M:
+        counted = torch.from_numpy(ranks) if on_cpu else ranks_t.cpu()
+        out_ranks = counted.masked_fill(targets.cpu() == 0, -1)
+    best_s = best_s.cpu()
+    return out_ranks, best_i.cpu().masked_fill(best_s == NEG_INF, 0), best_s
 
 
-def _block_top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _count_ahead(
+    scores: torch.Tensor, t_scores: torch.Tensor, targets: torch.Tensor, lo: int, hi: int
+) -> torch.Tensor:
+    """(B, M) items of a block's scores (B, hi - lo) ranked ahead of each target (B, M):
+    the numpy counting of :func:`rank_and_top_k`, in torch."""
+    s, t = scores[:, None, :], t_scores[:, :, None]  # (B, 1, n), (B, M, 1)
+    ahead = (s > t).sum(-1)  # (B, M)
+    inside = (targets >= lo) & (targets < hi)
+    own = scores.gather(1, (targets - lo).clamp(0, hi - lo - 1))  # (B, M)
+    ahead -= (inside & (own > t_scores)).long()  # an item never ranks ahead of itself
+    i = torch.arange(lo, hi, device=scores.device)[None, None, :]
+    return ahead + ((s == t) & (i < targets[:, :, None])).sum(-1)
+
+
+def _block_top_k(
+    scores: torch.Tensor, k: int, on_cpu: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k of one block with ties at the k-th score resolved to the lowest indices."""
     vals, cols = scores.topk(k, dim=1)  # (B, k), best first
     kth = vals[:, -1:]  # (B, 1)
-    if bool((np.count_nonzero(scores.numpy() >= kth.numpy(), axis=1) == k).all()):
+    if on_cpu:
+        clean = bool((np.count_nonzero(scores.numpy() >= kth.numpy(), axis=1) == k).all())
+    else:
+        clean = bool(((scores >= kth).sum(1) == k).all())
+    if clean:
         # No tie crosses the k-th place: topk chose the right items; order equal scores
         # among them by index.
         cols, order = cols.sort(dim=1)

@@ -168,7 +168,7 @@ class BatchBias:
 
     def of_real(self, cands: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         """Biases (N, C) of candidates (N, C) given for the N real positions (B, T) only."""
-        full = torch.zeros(*real.shape, cands.shape[-1], dtype=cands.dtype)
+        full = torch.zeros(*real.shape, cands.shape[-1], dtype=cands.dtype, device=cands.device)
         full[real] = cands
         return self.of(full)[real]
 

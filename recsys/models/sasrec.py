@@ -24,14 +24,22 @@ from recsys.options import not_an_option, option
 class SASRecConfig:
     """Every hyper-parameter of the model; each field is an option (``--max-len`` ...)."""
 
-    max_len: int = option(50, "most recent events the model reads")
+    # None: derived from the training data by recsys.training.derive before a model is
+    # built (a bundle always records the value used).
+    max_len: int | None = option(
+        None, "most recent events the model reads", default_text="from the data"
+    )
     d_model: int = option(64, "hidden size")
     n_layers: int = option(2, "attention blocks")
     n_heads: int = option(2, "attention heads")
     d_ff: int | None = option(
         None, "point-wise feed-forward width", default_text="d_model (the paper's)"
     )
-    dropout: float = option(0.2, "dropout on embeddings, residual branches, feed-forward")
+    dropout: float | None = option(
+        None,
+        "dropout on embeddings, residual branches, feed-forward",
+        default_text="from the data",
+    )
     # Off by default: on a CPU it makes attention about 4x slower (a (B, H, T, T) random
     # mask per layer) for no measured gain in accuracy.
     attn_dropout: float = option(0.0, "dropout on attention weights")
@@ -56,10 +64,11 @@ class SASRecConfig:
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         for name in ("dropout", "attn_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name}={getattr(self, name)}: expected 0 <= {name} < 1")
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value < 1.0:
+                raise ValueError(f"{name}={value}: expected 0 <= {name} < 1")
         for name in ("max_len", "d_model", "n_layers", "n_heads"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: expected at least 1")
 
 
@@ -150,6 +159,11 @@ class SASRec(nn.Module):
         super().__init__()
         if cfg.num_items < 1:
             raise ValueError(f"num_items={cfg.num_items}: expected at least 1 (the catalogue)")
+        if cfg.max_len is None or cfg.dropout is None:
+            raise ValueError(
+                "max_len and dropout must be set; recsys.training.derive.resolve derives "
+                "them from the data"
+            )
         self.cfg = cfg
         self.item_emb = nn.Embedding(cfg.num_items + 1, cfg.d_model, padding_idx=0)
         self.pos_emb = nn.Embedding(cfg.max_len, cfg.d_model)

@@ -42,10 +42,12 @@ class SASRecScorer:
         self.model = model.eval()
         self.max_len = model.cfg.max_len
 
+    # A model on a GPU takes its inputs there and answers there; ranking follows it.
+
     @torch.no_grad()
     def user_vectors(self, inputs: torch.Tensor) -> torch.Tensor:
         """(B, d) of left-padded histories (B, T)."""
-        return self.model.user_repr(inputs)
+        return self.model.user_repr(inputs.to(self._device()))
 
     def item_vectors(self) -> torch.Tensor:
         """(num_items + 1, d) the output item embeddings."""
@@ -54,7 +56,10 @@ class SASRecScorer:
     @torch.no_grad()
     def history_bias(self, history: torch.Tensor) -> torch.Tensor | None:
         """(B, H) score biases of whole left-padded histories (the repeat term), or None."""
-        return self.model.history_bias(history)
+        return self.model.history_bias(history.to(self._device()))
+
+    def _device(self) -> torch.device:
+        return self.model.output_items().device
 
 
 class MostPopular:

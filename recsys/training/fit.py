@@ -21,6 +21,7 @@ from recsys.evaluation.evaluate import EvalConfig
 from recsys.models.sasrec import SASRecConfig
 from recsys.models.scorers import MODEL_KINDS, MostPopular, SASRecScorer, Scorer
 from recsys.options import check_choices, option, to_flat
+from recsys.training import derive
 from recsys.training.trainer import TrainConfig, Trainer
 
 
@@ -58,12 +59,22 @@ def eval_config(cfg: FitConfig, ks: tuple[int, ...] = (1, 5, 10, 20)) -> EvalCon
     return EvalConfig(ks=ks, exclude_seen=not cfg.include_seen_in_eval)
 
 
+def with_data_defaults(cfg: FitConfig, data: SequenceData) -> tuple[FitConfig, list[str]]:
+    """``cfg`` with the options left unset derived from ``data``
+    (:mod:`recsys.training.derive`), and one line per derived value saying why."""
+    if cfg.model != "sasrec":
+        return cfg, []
+    sasrec, notes = derive.resolve(cfg.sasrec, data)
+    return dataclasses.replace(cfg, sasrec=sasrec), notes
+
+
 def make_trainer(
     cfg: FitConfig, data: SequenceData, checkpoint_dir: Path | None = None
 ) -> Trainer | None:
     """The SASRec trainer for ``cfg`` (None for most-popular, which has nothing to train)."""
     if cfg.model != "sasrec":
         return None
+    cfg, _ = with_data_defaults(cfg, data)
     return Trainer(
         dataclasses.replace(cfg.sasrec, num_items=data.num_items),
         cfg.train,
@@ -85,6 +96,7 @@ def fit(
     ``extra_meta`` joins the options in the bundle's ``train_config``.
     """
     t0 = time.perf_counter()
+    cfg, _ = with_data_defaults(cfg, data)
     meta: dict[str, Any] = {"train_config": {**to_flat(cfg), **(extra_meta or {})}}
     if trainer is None:
         counts = data.item_counts()

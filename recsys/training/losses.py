@@ -57,7 +57,8 @@ def bce_loss(
 ) -> torch.Tensor:
     real = targets != 0
     h, flat = h[real], targets[real]  # (N, d), (N,)
-    neg = torch.randint(1, items.shape[0], flat.shape, generator=gen)  # (N,)
+    # Drawn on the generator's device (the CPU), then moved to the model's.
+    neg = torch.randint(1, items.shape[0], flat.shape, generator=gen).to(h.device)  # (N,)
     pos_logit = (h * F.embedding(flat, items)).sum(-1)  # (N,)
     neg_logit = (h * F.embedding(neg, items)).sum(-1)  # (N,)
     if bias is not None:
@@ -86,17 +87,20 @@ def sampled_softmax_loss(
     bias: BatchBias | None = None,
 ) -> torch.Tensor:
     B = h.shape[0]
-    neg = torch.multinomial(log_q.exp(), B * k, replacement=True, generator=gen).view(B, k)
+    q = log_q.exp().cpu()  # drawn on the generator's device, then moved to the model's
+    neg = torch.multinomial(q, B * k, replacement=True, generator=gen).view(B, k).to(h.device)
     pos, negs = _negative_logits(h, targets, items, neg)
     if bias is not None:
         pos = pos + bias.of(targets[:, :, None])[..., 0]  # (B, T)
         negs = negs + bias.of(neg[:, None, :])  # (B, T, k)
-    correction = log_q.masked_fill(log_q == float("-inf"), 0.0)  # padding: never drawn
+    correction = log_q.masked_fill(log_q == float("-inf"), 0.0).to(h.device)  # padding: 0
     pos = pos - correction[targets]  # (B, T)
     negs = negs - correction[neg][:, None, :]  # (B, T, k)
     negs = negs.masked_fill(neg[:, None, :] == targets[:, :, None], float("-inf"))
     logits = torch.cat([pos[..., None], negs], dim=-1)[targets != 0]  # (N, 1 + k)
-    return F.cross_entropy(logits, torch.zeros(logits.shape[0], dtype=torch.long))
+    return F.cross_entropy(
+        logits, torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+    )
 
 
 def gbce_loss(
@@ -119,6 +123,7 @@ def gbce_loss(
     else:
         pool = torch.randint(1, num_items + 1, (GBCE_POOL,), generator=gen)
     pick = torch.randint(0, len(pool), (len(flat), k), generator=gen)  # (N, k)
+    pool, pick = pool.to(h.device), pick.to(h.device)
     neg = pool[pick]  # (N, k)
     if bias is not None and num_items <= GBCE_POOL:
         # The pool is the catalogue: add the bias to its score matrix, then gather.

@@ -40,11 +40,28 @@ log = logging.getLogger(__name__)
 LAST = "last.pt"
 BUCKET_BATCHES = 16  # batches per pool sorted by length (see Trainer._batches)
 BEST = "best.pt"
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device for a ``device`` option value (``auto``: CUDA when available).
+
+    Raises
+    ------
+    ValueError
+        If ``cuda`` is asked for and torch sees no GPU.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda': torch sees no CUDA GPU here; use device='cpu'")
+    return torch.device(name)
 
 
 def _load_checkpoint(path: Path) -> dict[str, Any]:
     try:
-        ck = torch.load(path, weights_only=True)
+        # Checkpoints written on a GPU load anywhere; load_state_dict moves them back.
+        ck = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
         # torch's own message advises weights_only=False, which would run arbitrary code.
         raise ValueError(
@@ -89,6 +106,12 @@ class TrainConfig:
     eval_every: int = option(1, "epochs between validations")
     seed: int = option(0, "random seed")
     threads: int = option(0, "torch threads; 0 = the cores this process may use")
+    device: str = option(
+        "auto",
+        "where to train: auto = a CUDA GPU when torch sees one, else the CPU (results are "
+        "bit-for-bit repeatable on the CPU only)",
+        choices=DEVICES,
+    )
     # "last" is the paper's; a random full window trains on older events too.
     window: str = option(
         "random",
@@ -175,7 +198,8 @@ class Trainer:
         torch.manual_seed(train_cfg.seed)
         self.rng = np.random.default_rng(train_cfg.seed)
         self.gen = torch.Generator().manual_seed(train_cfg.seed + 1)
-        self.model = SASRec(model_cfg)
+        self.device = resolve_device(train_cfg.device)
+        self.model = SASRec(model_cfg).to(self.device)
         self.opt = torch.optim.AdamW(
             self.model.parameters(),
             lr=train_cfg.lr,
@@ -273,6 +297,7 @@ class Trainer:
             inputs, targets = _trim(
                 *training_batch(data.items, start[idx], stop[idx], self.model_cfg.max_len)
             )
+            inputs, targets = inputs.to(self.device), targets.to(self.device)
             h, _ = self.model(inputs)  # (B, T, d)
             loss = sequence_loss(
                 cfg.loss,
