@@ -368,12 +368,14 @@ def add_arguments(
         elif typing.get_origin(kind) in (list, tuple):
             (inner, *_) = typing.get_args(kind)
             kwargs.update(nargs="+", type=_list_of(inner), action=_Extend)
-        elif kind in (int, float) and _optional(hint):
-            kwargs["type"] = _or_none(kind)  # "None" restores the default meaning
+        elif _optional(hint) and (kind in (int, float) or f.metadata.get("choices")):
+            kwargs["type"] = _or_none(kind)  # "None" asks for the default meaning
         else:
             kwargs["type"] = kind
         if f.metadata.get("choices"):
-            kwargs["choices"] = f.metadata["choices"]
+            extra = (None,) if _optional(hint) else ()
+            kwargs["choices"] = (*f.metadata["choices"], *extra)
+            kwargs["metavar"] = "{" + ",".join(map(str, f.metadata["choices"])) + "}"
         parser.add_argument(flag_name(name), **kwargs)
 
 

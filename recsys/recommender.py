@@ -29,7 +29,7 @@ from sklearn.utils.validation import check_is_fitted
 from recsys.bundle import Bundle, load_bundle, resolve_model, save_bundle
 from recsys.data.dataset import SequenceData, gather_ragged
 from recsys.models.sasrec import SASRecConfig
-from recsys.options import from_flat
+from recsys.options import from_flat, to_flat
 from recsys.scoring import RESULT_SCHEMA, results_frame, score_chunk, score_items
 from recsys.training.fit import FitConfig, fit, make_trainer, with_data_defaults
 from recsys.training.trainer import TrainConfig
@@ -131,7 +131,8 @@ class Recommender(BaseEstimator):
         for note in notes:
             log.info("derived from the data: %s", note)
         # What the options left unset became (scikit-learn keeps the parameters as given).
-        self.derived_ = {n.split("=", 1)[0]: getattr(cfg.sasrec, n.split("=", 1)[0]) for n in notes}
+        resolved = {**to_flat(cfg)}
+        self.derived_ = {name: resolved[name] for name in (n.split("=", 1)[0] for n in notes)}
         fitted = fit(cfg, data, make_trainer(cfg, data), extra_meta={"data": str(X)})
         self.history_ = fitted.history
         self.bundle_ = load_bundle(

@@ -108,5 +108,5 @@ def test_recommender_keeps_its_parameters_and_reports_what_was_derived(
     data = make_prepared(tmp_path / "d", successor_sequences(30, 12))
     rec = Recommender(epochs=1, d_model=8, progress=False, dropout=0.1).fit(data)
     assert rec.get_params()["max_len"] is None and rec.get_params()["dropout"] == 0.1
-    assert rec.derived_ == {"max_len": 50}
+    assert rec.derived_ == {"max_len": 50, "loss": "ce"}
     assert rec.bundle.meta["model_config"]["max_len"] == 50

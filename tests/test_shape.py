@@ -133,7 +133,9 @@ def test_cli_flags_and_defaults_come_from_the_declaration(command):
             continue
         action = flags[flag_name(name)]
         assert action.help.replace("%%", "%") == help_text(field)
-        assert action.choices in (None, field.metadata["choices"])
+        # An optional one also takes "None" (the default meaning) on the command line.
+        declared = field.metadata["choices"]
+        assert action.choices in (None, declared, (*(declared or ()), None))
     # Giving only the required flags yields every declared default.
     given = []
     for name in required(cls):

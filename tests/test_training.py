@@ -63,7 +63,8 @@ def test_every_loss_is_finite_and_has_gradients(loss):
 
 def _trainer(path, tmp_path=None, **kw) -> Trainer:
     d = SequenceData.load(path)
-    cfg = TrainConfig(**{"epochs": 4, "batch_size": 32, "lr": 5e-3, "patience": 50, **kw})
+    base = {"loss": "sampled-softmax", "epochs": 4, "batch_size": 32, "lr": 5e-3, "patience": 50}
+    cfg = TrainConfig(**{**base, **kw})
     mcfg = SASRecConfig(num_items=d.num_items, max_len=16, d_model=32, dropout=0.1)
     return Trainer(mcfg, cfg, d, checkpoint_dir=tmp_path, progress=False)
 

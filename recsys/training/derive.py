@@ -1,28 +1,29 @@
 """Settings derived from the statistics of the prepared data, where the best value depends
 on the data's shape.
 
-Two options are left unset by default (``None``) and filled in here from the training
-sequences (each user's events before the validation target):
+Three options are unset by default (``None``) and filled in here: from the training
+sequences (each user's events before the validation target) and the catalogue size.
 
-- ``max_len``, the window of most recent events the model reads, is the 90th percentile
-  of the users' training lengths, rounded up to a multiple of 50 and kept within
-  50..200. The window should hold nearly all of a typical user's history, but a few
-  very long users must not set it: attention costs grow with its square. On short-
-  sequence logs (a shop, ~9 events per user) this is 50, the length the literature uses
-  there; on MovieLens (p90 of 242 on ml-100k) it is 200, the SASRec paper's choice for
-  ML-1M. Validation NDCG@10 on ml-100k: 0.1124 at 200 against 0.1146 at 50 with
-  lr 1e-3, dropout 0.2; 0.1149 against 0.1135 at lr 2e-3 (one seed each, GPU runs of
-  ``benchmarks/grid.py``); ce and uniform negatives gain more from 200.
+- ``max_len``, the window of most recent events the model reads: the 90th percentile of
+  the users' training lengths, rounded up to a multiple of 50, within 50..200. The window
+  should hold nearly all of a typical user's history, but a few very long users must not
+  set it: attention costs grow with its square. Short-sequence logs (a shop, ~9 events
+  per user) get 50, the length the literature uses there; MovieLens (p90 242 on
+  ml-100k) gets 200, the SASRec paper's choice for ML-1M, which validated better than
+  50 on ml-100k in 9 of 12 settings tried.
 - ``dropout`` follows how many events a user brings: 0.5 at 10 or fewer training events
   per user (mean), 0.2 at 100 or more, log-linear between, to the nearest 0.05. Short
-  sequences give each item embedding few, repetitive contexts and the model memorises
-  them within a few epochs; long ones regularise themselves. This is the SASRec paper's
-  own split (0.5 for the sparse Amazon and Steam logs, 0.2 for ML-1M), made continuous.
-  Beauty (6.9 training events per user) gets 0.5: validation NDCG@10 0.0603 against
-  0.0581 at 0.2; ml-100k (104) gets 0.2: 0.1146 against 0.1006 at 0.5.
+  sequences give each item embedding few contexts and the model memorises them within a
+  few epochs; long ones regularise themselves. This is the SASRec paper's own split
+  (0.5 for the sparse Amazon and Steam logs, 0.2 for ML-1M), made continuous.
+- ``loss``: the full softmax (``ce``) while a batch's logits stay small (catalogue x
+  ``max_len`` <= 1,000,000: 512 MB of float32 for 128 windows), else
+  ``sampled-softmax``, whose cost does not grow with the catalogue. Where both are
+  affordable ce validated better on both reference logs.
 
-Values set explicitly are kept. :func:`resolve` returns the filled-in config and one line
-per derived value saying where it came from; jobs log those lines and record them.
+Values set explicitly are kept. The validation numbers behind each rule are in the
+README ("Why these defaults"); :func:`resolve` returns the filled-in config and one line
+per derived value saying where it came from, which jobs log and record.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ from recsys.models.sasrec import SASRecConfig
 MAX_LEN_STEP, MAX_LEN_MIN, MAX_LEN_MAX = 50, 50, 200
 DROPOUT_SPARSE, DROPOUT_DENSE = 0.5, 0.2  # at <= SPARSE_LEN and >= DENSE_LEN events/user
 SPARSE_LEN, DENSE_LEN = 10.0, 100.0
+# ce's logits for a batch of 128 windows: 128 x 1M x 4 bytes = 512 MB (and as much again
+# for their gradient) at this bound.
+CE_MAX_ITEMS_X_LEN = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,23 @@ def derive_dropout(stats: SequenceStats) -> float:
     x = (math.log(max(stats.mean_length, 1.0)) - lo) / (hi - lo)
     value = DROPOUT_SPARSE + (DROPOUT_DENSE - DROPOUT_SPARSE) * min(max(x, 0.0), 1.0)
     return round(value * 20) / 20
+
+
+def derive_loss(num_items: int, max_len: int) -> str:
+    """ce while a batch's full-softmax logits (batch x window x catalogue) stay small,
+    else sampled-softmax."""
+    return "ce" if num_items * max_len <= CE_MAX_ITEMS_X_LEN else "sampled-softmax"
+
+
+def resolve_loss(loss: str | None, num_items: int, max_len: int) -> tuple[str, list[str]]:
+    """``loss``, or the derived one when unset, and a line saying why (none when given)."""
+    if loss is not None:
+        return loss, []
+    loss = derive_loss(num_items, max_len)
+    size = f"{num_items:,} items x max_len {max_len} = {num_items * max_len:,}"
+    limit = f"{CE_MAX_ITEMS_X_LEN:,}"
+    why = f"at most {limit}" if loss == "ce" else f"over {limit}: ce's logits would not fit"
+    return loss, [f"loss={loss}: {size}, {why}"]
 
 
 def resolve(cfg: SASRecConfig, data: SequenceData) -> tuple[SASRecConfig, list[str]]:

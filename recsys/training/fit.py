@@ -65,7 +65,10 @@ def with_data_defaults(cfg: FitConfig, data: SequenceData) -> tuple[FitConfig, l
     if cfg.model != "sasrec":
         return cfg, []
     sasrec, notes = derive.resolve(cfg.sasrec, data)
-    return dataclasses.replace(cfg, sasrec=sasrec), notes
+    assert sasrec.max_len is not None
+    loss, more = derive.resolve_loss(cfg.train.loss, data.num_items, sasrec.max_len)
+    train = dataclasses.replace(cfg.train, loss=loss)
+    return dataclasses.replace(cfg, sasrec=sasrec, train=train), notes + more
 
 
 def make_trainer(

@@ -77,16 +77,18 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
 class TrainConfig:
     """Every optimisation hyper-parameter; each field is an option (``--lr`` ...)."""
 
-    # Best validation NDCG@10 per second of training on ml-100k (benchmarks/ml100k.py).
-    loss: str = option(
-        "sampled-softmax",
+    # None: ce where the catalogue is small enough for it, else sampled-softmax
+    # (recsys.training.derive).
+    loss: str | None = option(
+        None,
         "training loss: ce full softmax; bce the paper's, one negative; sampled-softmax "
         "popularity negatives with log-Q correction; gbce gSASRec's (needs a long patience)",
         choices=LOSSES,
+        default_text="from the data: ce for small catalogues, else sampled-softmax",
     )
     epochs: int = option(200, "most epochs; early stopping usually ends sooner")
     batch_size: int = option(128, "users per batch (batched by similar length)")
-    lr: float = option(2e-3, "AdamW learning rate")
+    lr: float = option(1e-3, "AdamW learning rate")
     weight_decay: float = option(0.0, "AdamW weight decay")
     grad_clip: float = option(1.0, "max gradient norm; 0 = off")
     num_negatives: int = option(256, "negatives for sampled-softmax and gbce")
@@ -184,6 +186,10 @@ class Trainer:
         if model_cfg.num_items != data.num_items:
             raise ValueError(
                 f"model num_items={model_cfg.num_items} but the dataset has {data.num_items}"
+            )
+        if train_cfg.loss is None:
+            raise ValueError(
+                "loss must be set; recsys.training.fit.with_data_defaults derives it from the data"
             )
         self.model_cfg, self.cfg, self.data = model_cfg, train_cfg, data
         base = eval_cfg or EvalConfig()
