@@ -41,6 +41,7 @@ MODEL_NAME = "model"  # the name of the logged model inside a training run
 DEFAULT_K = 10
 CHUNK_ROWS = 1024  # rows scored together: bounds the (rows, k) and padded-history arrays
 QUOTE_CHARS = 60  # request values are quoted at most this long in errors
+ANSWER_COLUMNS = pd.Index(["request", "user_id", "rank", "item_id", "score"])
 
 
 def _q(value: Any) -> str:  # request data in an error message, cut short
@@ -170,7 +171,8 @@ class RecsysModel(mlflow.pyfunc.PythonModel):
             raise ValueError(
                 f"a request needs a 'user_id' or a 'history' column; got {_q(list(df.columns))}"
             )
-        df = df.reset_index(drop=True)  # row numbers are positions
+        if not df.index.equals(pd.RangeIndex(n)):
+            df = df.reset_index(drop=True)  # row numbers are positions
         bundle = self.rec.bundle
         users, history = _present(df, "user_id"), _present(df, "history")
         has_user = np.zeros(n, dtype=bool) if users is None else users.notna().to_numpy()
@@ -227,7 +229,7 @@ class RecsysModel(mlflow.pyfunc.PythonModel):
             none = np.zeros((0, 1), dtype=np.int64)
             no_user = np.zeros(0, dtype=object)
             parts.append(_frame(bundle, 0, none, none.astype(np.float32), none[:, 0], no_user))
-        return parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
+        return parts[0] if len(parts) == 1 else Answer(pd.concat(parts, ignore_index=True))
 
 
 def _frame(
@@ -244,13 +246,36 @@ def _frame(
     # An empty slot (item 0, score -inf) is no recommendation, and JSON has no -inf.
     keep = (items > 0) & (ranks[None, :] < ks[:, None]) & np.isfinite(scores)
     r, c = np.nonzero(keep)
-    return pd.DataFrame(
-        {
-            "request": (lo + r).astype(np.int64),
-            # object, so that a history's missing user is None (null), not NaN
-            "user_id": pd.Series(row_user[r], dtype=object),
-            "rank": (c + 1).astype(np.int32),
-            "item_id": pd.Series(bundle.item_ids[items[r, c]], dtype=object),
-            "score": scores[r, c].astype(np.float32),
-        }
+    columns = [
+        (lo + r).astype(np.int64),
+        row_user[r].astype(object),  # object: a history's missing user is None (null)
+        (c + 1).astype(np.int32),
+        bundle.item_ids[items[r, c]].astype(object),
+        scores[r, c].astype(np.float32),
+    ]
+    # From the arrays as they are: the DataFrame constructor would turn the object columns
+    # into strings (None into NaN), and building them as Series instead cost more than the
+    # ranking of a single-user request. Tested against the declared column types.
+    return Answer._from_arrays(
+        columns, columns=ANSWER_COLUMNS, index=pd.RangeIndex(len(r)), verify_integrity=False
     )
+
+
+class Answer(pd.DataFrame):
+    """The answer table: a DataFrame whose records (what the REST server sends) are built
+    from the columns' Python lists at once; pandas' own way took a third of a single-user
+    request's time."""
+
+    @property
+    def _constructor(self) -> type[pd.DataFrame]:
+        return pd.DataFrame  # anything derived from it is a plain DataFrame
+
+    def to_dict(self, orient: str = "dict", *args: Any, **kwargs: Any) -> Any:
+        """As :meth:`pandas.DataFrame.to_dict`; ``records`` the same values, faster."""
+        if orient != "records" or args or kwargs or not self.columns.is_unique:
+            return super().to_dict(orient, *args, **kwargs)
+        names = [str(c) for c in self.columns]
+        # Column by column, not self[name]: building each column's Series cost more than
+        # the records themselves.
+        columns = [values.tolist() for values in self._iter_column_arrays()]
+        return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]

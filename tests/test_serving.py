@@ -130,6 +130,21 @@ def test_mixed_batch_answers_like_single_rows(served):
     assert 0 < (got["request"] == 4).sum() < ITEMS
 
 
+def test_answer_records_are_pandas_own(served):
+    # The answer builds its records (what the server sends) its own, faster way: the same
+    # values and types as pandas', and a plain DataFrame otherwise.
+    model, _ = served
+    got = model.predict(None, pd.DataFrame(MIXED))
+    plain = pd.DataFrame(got)
+    assert got.to_dict(orient="records") == plain.to_dict(orient="records")
+    assert [type(v) for v in got.to_dict(orient="records")[0].values()] == [
+        type(v) for v in plain.to_dict(orient="records")[0].values()
+    ]
+    assert got.to_dict() == plain.to_dict() and got.to_dict("list") == plain.to_dict("list")
+    assert [str(t) for t in got.dtypes] == ["int64", "object", "int32", "object", "float32"]
+    assert type(got.head(2)) is pd.DataFrame and list(got.columns) == list(serving.ANSWER_COLUMNS)
+
+
 def test_parallel_requests_answer_as_sequential_ones(served):
     model, _ = served
     requests = [pd.DataFrame(MIXED[i:] + MIXED[:i]) for i in range(len(MIXED))]
