@@ -28,6 +28,13 @@ from sklearn.utils.validation import check_is_fitted
 
 from recsys.bundle import Bundle, load_bundle, resolve_model, save_bundle
 from recsys.data.dataset import SequenceData, gather_ragged
+from recsys.explain import (
+    DEFAULT_METHOD,
+    EXPLANATION_SCHEMA,
+    explain_chunk,
+    explanation_frame,
+)
+from recsys.explain.attribution import METHODS
 from recsys.models.sasrec import SASRecConfig
 from recsys.options import from_flat, to_flat
 from recsys.scoring import RESULT_SCHEMA, results_frame, score_chunk, score_items
@@ -180,6 +187,23 @@ class Recommender(BaseEstimator):
         idx, unknown = self.bundle.item_indices(item_ids)
         return idx[idx > 0], unknown
 
+    def _history_idx(
+        self, item_ids: Sequence[Any], unknown: str, stacklevel: int = 3
+    ) -> np.ndarray:
+        """A raw history's known item indices; unknown IDs skipped (warned) or raised."""
+        if unknown not in ("skip", "raise"):
+            raise ValueError(f"unknown={unknown!r}: expected 'skip' or 'raise'")
+        item_ids = [item_ids] if isinstance(item_ids, str) else list(item_ids)
+        known, missing = self._item_idx(item_ids)
+        if missing:
+            msg = f"{len(missing)} of {len(item_ids)} history item ID(s) are unknown: {missing[:5]}"
+            if unknown == "raise":
+                raise ValueError(msg)
+            warnings.warn(msg + "; skipped", stacklevel=stacklevel)
+        if len(known) == 0:
+            raise ValueError("the history has no known item; cannot recommend from it")
+        return known
+
     def _check_k(self, k: int) -> None:
         n = self.bundle.num_items
         if not isinstance(k, int | np.integer) or k <= 0 or k > n:
@@ -237,22 +261,92 @@ class Recommender(BaseEstimator):
         Unknown item IDs are skipped with a warning (``unknown="skip"``) or raise
         (``unknown="raise"``). Returns ``rank, item_id, score``.
         """
-        if unknown not in ("skip", "raise"):
-            raise ValueError(f"unknown={unknown!r}: expected 'skip' or 'raise'")
         self._check_k(k)
-        known, missing = self._item_idx(item_ids)
-        if missing:
-            msg = f"{len(missing)} of {len(item_ids)} history item ID(s) are unknown: {missing[:5]}"
-            if unknown == "raise":
-                raise ValueError(msg)
-            warnings.warn(msg + "; skipped", stacklevel=2)
-        if len(known) == 0:
-            raise ValueError("the history has no known item; cannot recommend from it")
+        known = self._history_idx(item_ids, unknown, stacklevel=3)
         offsets = np.array([0, len(known)])
         items, scores = score_chunk(
             self.bundle, known, offsets, k, exclude_seen, self._exclusions(exclude_items, 1)
         )
         out = results_frame(self.bundle, [""], items, scores).drop("user_id")
+        return out.to_pandas() if as_pandas else out
+
+    # -- explanations ------------------------------------------------------------------
+
+    def _explain_args(
+        self, items: Sequence[Any] | None, k: int, method: str | None, top: int | None
+    ) -> tuple[np.ndarray | None, str]:
+        method = DEFAULT_METHOD if method is None else method
+        if method not in METHODS:
+            raise ValueError(f"method={method!r}: expected one of {METHODS}")
+        if top is not None and (not isinstance(top, int | np.integer) or top < 1):
+            raise ValueError(f"top={top!r}: expected an integer of at least 1, or None (all)")
+        if items is None:
+            self._check_k(k)
+            return None, method
+        items = [items] if isinstance(items, str) else list(items)
+        known, unknown = self._item_idx(items)
+        if unknown or not items:
+            raise ValueError(
+                f"items to explain: unknown item ID(s) {unknown[:5]}"
+                if unknown
+                else "items to explain: none given (None explains the top-k)"
+            )
+        return known, method
+
+    def explain(
+        self,
+        user_ids: Sequence[Any],
+        items: Sequence[Any] | None = None,
+        k: int = 10,
+        method: str | None = None,
+        top: int | None = None,
+        batch_size: int = 256,
+        as_pandas: bool = False,
+    ) -> Any:
+        """Why known users get items: each history event's contribution to the score.
+
+        Explains ``items`` (raw IDs) for every user, or each user's own top-``k``
+        recommendations when ``items`` is None. ``method`` is ``occlusion`` (default: the
+        drop in the score when the event is removed), ``attention`` (rollout) or
+        ``gradient`` (integrated gradients); see :mod:`recsys.explain.attribution`.
+
+        Returns ``user_id, item_id, history_item_id, position (0 = most recent),
+        contribution, method, source``: per user and item its window's events, largest
+        contribution first (the ``top`` largest), then with the repeat term one row with
+        ``source = "repeat"`` and no history item holding that term's part of the score.
+        """
+        known, method = self._explain_args(items, k, method, top)
+        user_ids = [str(u) for u in user_ids]
+        users = self._user_idx(user_ids)
+        flat, offsets = self.bundle.histories()
+        parts = []
+        for lo in range(0, len(users), batch_size):
+            u = users[lo : lo + batch_size]
+            h, h_off = gather_ragged(flat, offsets[u - 1], offsets[u])
+            cands = None if known is None else np.broadcast_to(known, (len(u), len(known)))
+            ex = explain_chunk(self.bundle, h, h_off, cands, k, method)
+            parts.append(explanation_frame(self.bundle, user_ids[lo : lo + batch_size], ex, top))
+        out = pl.concat(parts) if parts else pl.DataFrame(schema=EXPLANATION_SCHEMA)
+        return out.to_pandas() if as_pandas else out
+
+    def explain_history(
+        self,
+        history: Sequence[Any],
+        items: Sequence[Any] | None = None,
+        k: int = 10,
+        method: str | None = None,
+        top: int | None = None,
+        unknown: str = "skip",
+        as_pandas: bool = False,
+    ) -> Any:
+        """:meth:`explain` for a raw history (oldest first) of a user never seen in
+        training; ``user_id`` is null. Unknown history items are skipped with a warning
+        (``unknown="skip"``) or raise (``"raise"``)."""
+        known_items, method = self._explain_args(items, k, method, top)
+        hist = self._history_idx(history, unknown)
+        cands = None if known_items is None else known_items[None, :]
+        ex = explain_chunk(self.bundle, hist, np.array([0, len(hist)]), cands, k, method)
+        out = explanation_frame(self.bundle, np.array([None], dtype=object), ex, top)
         return out.to_pandas() if as_pandas else out
 
     def score(self, user_id: Any, item_ids: Sequence[Any], as_pandas: bool = False) -> Any:

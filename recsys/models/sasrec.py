@@ -189,19 +189,28 @@ class SASRec(nn.Module):
                 with torch.no_grad():
                     m.weight[m.padding_idx].zero_()
 
+    def embed(self, items: torch.Tensor) -> torch.Tensor:
+        """The item part (B, T, d) of the input embeddings of item sequences (B, T)."""
+        scale = math.sqrt(self.cfg.d_model) if self.cfg.scale_embeddings else 1.0
+        return self.item_emb(items) * scale
+
     def forward(
-        self, items: torch.Tensor, need_weights: bool = False
+        self,
+        items: torch.Tensor,
+        need_weights: bool = False,
+        embedded: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Hidden states (B, T, d) of left-padded item sequences (B, T).
 
         With ``need_weights`` also each layer's attention weights (B, H, T, T).
+        ``embedded`` (B, T, d) replaces :meth:`embed` of the items (integrated gradients
+        scale it); ``items`` still give the padding.
         """
         T = items.shape[1]
         if T > self.cfg.max_len:
             raise ValueError(f"sequence length {T} exceeds max_len={self.cfg.max_len}")
         pos = torch.arange(self.cfg.max_len - T, self.cfg.max_len, device=items.device)  # (T,)
-        scale = math.sqrt(self.cfg.d_model) if self.cfg.scale_embeddings else 1.0
-        x = self.item_emb(items) * scale + self.pos_emb(pos)  # (B, T, d)
+        x = (self.embed(items) if embedded is None else embedded) + self.pos_emb(pos)  # (B, T, d)
         x = self.emb_drop(x) * (items != 0).unsqueeze(-1)  # padding stays zero
         mask = attention_mask(items)  # (B, 1, T, T)
         weights = []
