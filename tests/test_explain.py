@@ -149,3 +149,38 @@ def test_bad_requests_are_named(successor_model):
         rec.explain(["1"], items=[])
     with pytest.raises(ValueError, match="'most-popular' model ranks without the history"):
         successor_model("most-popular").explain(["1"])
+
+
+def test_faithfulness_measures():
+    from recsys.explain.faithfulness import pack, random_order, recent_first, summary
+    from recsys.models.sasrec import SASRec, SASRecConfig
+
+    window = torch.tensor([[0, 0, 5, 6, 7], [1, 2, 3, 4, 5]])
+    keep = torch.tensor([[1, 1, 1, 0, 1], [0, 1, 0, 1, 1]], dtype=torch.bool)
+    assert pack(window, keep).tolist() == [[0, 0, 0, 5, 7], [0, 0, 2, 4, 5]]
+    assert recent_first(window).tolist() == [[4, 3, 2, 0, 1], [4, 3, 2, 1, 0]]  # padding last
+    order = random_order(window, seed=3)
+    assert sorted(order[1].tolist()) == [0, 1, 2, 3, 4] and set(order[0, 3:].tolist()) == {0, 1}
+
+    torch.manual_seed(0)
+    model = SASRec(SASRecConfig(num_items=9, max_len=5, d_model=8, n_heads=2, dropout=0.0))
+    model.eval()
+    items = torch.tensor([3, 8])
+    occlusion = attribute(model, window, items[:, None], "occlusion")[:, 0]  # (B, T)
+    got = summary(model, window, items, recent_first(window), ks=(1, 3, 5))
+
+    def score(w):
+        with torch.no_grad():
+            return item_scores(model, model.user_repr(w), items[:, None])[:, 0]
+
+    full = score(window)
+    # Removing the most recent event is occlusion's drop for it; keeping only it is the
+    # score of a one-event window; k beyond a user's 3 events counts all of them.
+    assert np.allclose(got["comprehensiveness@1"], occlusion[:, -1], atol=1e-5)
+    only_last = torch.tensor([[0, 0, 0, 0, 7], [0, 0, 0, 0, 5]])
+    assert np.allclose(got["sufficiency@1"], full - score(only_last), atol=1e-5)
+    assert got["comprehensiveness@5"][0] == pytest.approx(got["comprehensiveness@3"][0])
+    assert set(got) == {
+        "comprehensiveness@1", "comprehensiveness@3", "comprehensiveness@5",
+        "sufficiency@1", "sufficiency@3", "sufficiency@5", "deletion_auc",
+    }  # fmt: skip

@@ -1,0 +1,106 @@
+"""How faithful an explanation is: what happens to the score when the events it names are
+removed, or kept alone (DeYoung et al., 2020, "ERASER"; deletion curves after Petsiuk et
+al., 2018).
+
+For a window (B, T) and an item per user, an *order* ranks the window's events (most
+important first). From it:
+
+- comprehensiveness@k: the score drop when the first k events are removed;
+- sufficiency@k: the score drop when only the first k events are kept (lower is better);
+- deletion AUC: the mean score over removing 0%, 10%, ..., 100% of the events in order,
+  minus the full score (lower, i.e. a faster fall, is better).
+
+The same quantities for a random order and for most-recent-first are the baselines an
+explanation has to beat. Removed events leave no gap: the remaining ones move up, as
+when the user had never had them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from recsys.explain.attribution import TOKENS, item_scores
+from recsys.models.sasrec import SASRec
+
+
+def pack(window: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """The kept events (B, T) of windows (B, T), in order and left-padded again."""
+    T = window.shape[1]
+    keep = keep & (window != 0)
+    later = keep.flip(1).cumsum(1).flip(1)  # kept events at or after each position
+    dest = torch.where(keep, T - later, T)  # a dropped event goes to a spill column
+    out = torch.zeros(window.shape[0], T + 1, dtype=window.dtype)
+    out.scatter_(1, dest, torch.where(keep, window, 0))
+    return out[:, :T]
+
+
+def orders_by(contributions: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    """Window positions (B, T) by contribution (B, T), largest first, padding last."""
+    key = contributions.masked_fill(window == 0, float("-inf"))
+    return key.argsort(dim=1, descending=True, stable=True)
+
+
+def recent_first(window: torch.Tensor) -> torch.Tensor:
+    """Positions (B, T) from the most recent event back, padding last."""
+    T = window.shape[1]
+    return orders_by(torch.arange(T, dtype=torch.float32).expand_as(window), window)
+
+
+def random_order(window: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Positions (B, T) in a seeded random order, padding last."""
+    gen = torch.Generator().manual_seed(seed)
+    return orders_by(torch.rand(window.shape, generator=gen), window)
+
+
+DELETION_POINTS = 11  # the deletion curve at 0%, 10%, ..., 100% of a user's events removed
+
+
+@torch.no_grad()
+def scores_after(
+    model: SASRec,
+    window: torch.Tensor,
+    items: torch.Tensor,
+    order: torch.Tensor,
+    counts: torch.Tensor,
+    keep_first: bool,
+) -> torch.Tensor:
+    """Scores (B, K) of items (B,) after removing (``keep_first=False``) or keeping only
+    (True) the first ``counts`` (B, K) events of ``order`` (B, T)."""
+    B, T = window.shape
+    K = counts.shape[1]
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(T).expand(B, T))  # each position's place in order
+    first = rank[:, None, :] < counts[:, :, None]  # (B, K, T): within the first count
+    keep = first if keep_first else ~first
+    variants = pack(window[:, None, :].expand(B, K, T).reshape(-1, T), keep.reshape(-1, T))
+    rows = max(1, TOKENS // T)
+    h = torch.cat([model.user_repr(variants[i : i + rows]) for i in range(0, len(variants), rows)])
+    targets = items.repeat_interleave(K)[:, None]  # (B * K, 1)
+    return item_scores(model, h, targets)[:, 0].view(B, K)
+
+
+def summary(
+    model: SASRec,
+    window: torch.Tensor,
+    items: torch.Tensor,
+    order: torch.Tensor,
+    ks: tuple[int, ...] = (1, 3, 5),
+) -> dict[str, np.ndarray]:
+    """Per-user faithfulness of ``order`` (B, T) for items (B,): ``comprehensiveness@k``,
+    ``sufficiency@k`` (a k beyond a user's events counts all of them) and
+    ``deletion_auc`` (over 0%, 10%, ..., 100% of the events removed), each (B,)."""
+    model.eval()
+    n = (window != 0).sum(1, keepdim=True)  # (B, 1)
+    at_k = torch.minimum(n, torch.tensor([[0, *ks]]))  # (B, 1 + len(ks))
+    fractions = torch.linspace(0, 1, DELETION_POINTS)[None, :]
+    curve = torch.round(fractions * n).long()  # (B, points)
+    removed = scores_after(model, window, items, order, torch.cat([at_k, curve], 1), False)
+    kept = scores_after(model, window, items, order, at_k[:, 1:], True)
+    full = removed[:, 0]
+    out = {}
+    for i, k in enumerate(ks):
+        out[f"comprehensiveness@{k}"] = (full - removed[:, 1 + i]).numpy()
+        out[f"sufficiency@{k}"] = (full - kept[:, i]).numpy()
+    out["deletion_auc"] = (removed[:, 1 + len(ks) :].mean(1) - full).numpy()
+    return out
