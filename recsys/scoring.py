@@ -55,6 +55,7 @@ def score_chunk(
     k: int,
     exclude_seen: bool = True,
     exclude: np.ndarray | None = None,
+    users: torch.Tensor | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k item indices (B, k) and scores (B, k) for B histories.
 
@@ -71,8 +72,12 @@ def score_chunk(
         Never return an item of the history.
     exclude : ndarray (B, H), optional
         More item indices per row never to return (0 = none).
+    users : Tensor (B, d), optional
+        The histories' user vectors, when the caller has them already (the REST model
+        keeps known users'); computed from the histories otherwise.
     """
-    users = user_vectors(bundle, flat, offsets)
+    if users is None:
+        users = user_vectors(bundle, flat, offsets)
     history = whole_histories(flat, offsets)
     hist = history.numpy()
     extra = [] if exclude is None else [exclude]

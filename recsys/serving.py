@@ -13,8 +13,9 @@ the same lists the Python API returns.
 All rows of a request are scored together, in chunks of :data:`CHUNK_ROWS`, one request at
 a time. The options of :class:`ServingConfig` are read from ``RECSYS_<NAME>`` environment
 variables when the model loads: a request has at most ``RECSYS_MAX_REQUEST_ROWS`` rows
-(10,000), and torch runs ``RECSYS_TORCH_THREADS`` threads in the whole process (1; 0
-leaves torch's setting). A bad row (an unknown
+(10,000), torch runs ``RECSYS_TORCH_THREADS`` threads in the whole process (1; 0
+leaves torch's setting), and the vectors of known users are kept once computed when the
+model has at most ``RECSYS_USER_VECTORS`` users (1,000,000; 0: never). A bad row (an unknown
 user, a history without a known item, both or neither of ``user_id`` and ``history``, a
 ``k`` that is not an integer from 1 to the catalogue size) fails the whole request with
 HTTP 400, naming the row and the value.
@@ -30,12 +31,13 @@ from typing import Any
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
+import torch
 
 from recsys.bundle import ARTIFACT_PATH, Bundle
 from recsys.data.dataset import gather_ragged
 from recsys.io import quote
 from recsys.options import from_env, option
-from recsys.scoring import score_chunk
+from recsys.scoring import score_chunk, user_vectors
 
 MODEL_NAME = "model"  # the name of the logged model inside a training run
 DEFAULT_K = 10
@@ -57,12 +59,20 @@ class ServingConfig:
     # busy-wait between operations, which doubled the CPU time of a single-user request
     # and took the core that other requests need (a process-wide setting).
     torch_threads: int = option(1, "torch threads of the serving process; 0: torch's own")
+    # A known user's history is fixed in the model, so its vector is too: computed once,
+    # it is looked up, which halves the model's part of a single-user request.
+    user_vectors: int = option(
+        1_000_000,
+        "keep known users' vectors once computed, when the model has at most this many "
+        "users (4 bytes x hidden size each); 0: never",
+    )
 
     def __post_init__(self) -> None:
-        if self.max_request_rows < 1 or self.torch_threads < 0:
+        if self.max_request_rows < 1 or self.torch_threads < 0 or self.user_vectors < 0:
             raise ValueError(
-                f"max_request_rows={self.max_request_rows} must be at least 1 and "
-                f"torch_threads={self.torch_threads} at least 0"
+                f"max_request_rows={self.max_request_rows} must be at least 1, "
+                f"torch_threads={self.torch_threads} and user_vectors={self.user_vectors} "
+                "at least 0"
             )
 
 
@@ -141,6 +151,7 @@ class RecsysModel(mlflow.pyfunc.PythonModel):
 
             torch.set_num_threads(self.config.torch_threads)
         self.rec = Recommender.load(Path(context.artifacts[ARTIFACT_PATH]))
+        self._known = UserVectors(self.rec.bundle, self.config.user_vectors)
         # The server runs requests in parallel threads, but they hold the GIL for most of
         # their work: interleaved, every torch call became a GIL hand-over and a single-user
         # request cost twice the CPU at 8 clients. One answer at a time leaves the other core
@@ -217,19 +228,54 @@ class RecsysModel(mlflow.pyfunc.PythonModel):
 
         row_user = np.full(n, None, dtype=object)
         row_user[user_rows] = user_ids
+        row_idx = np.zeros(n, dtype=np.int64)  # each row's known user (0: a history)
+        row_idx[user_rows] = user_idx
         parts = []
         for lo in range(0, n, CHUNK_ROWS):
             hi = min(lo + CHUNK_ROWS, n)
             h, h_off = gather_ragged(values, start[lo:hi], stop[lo:hi])
             # Lists are ordered by score then index, so the first k of the chunk's longest
             # list are that row's own top k.
-            items, scores = score_chunk(bundle, h, h_off, int(ks[lo:hi].max()))
+            users = self._known.vectors(row_idx[lo:hi], h, h_off)
+            items, scores = score_chunk(bundle, h, h_off, int(ks[lo:hi].max()), users=users)
             parts.append(_frame(bundle, lo, items, scores, ks[lo:hi], row_user[lo:hi]))
         if not parts:  # no rows: the columns alone
             none = np.zeros((0, 1), dtype=np.int64)
             no_user = np.zeros(0, dtype=object)
             parts.append(_frame(bundle, 0, none, none.astype(np.float32), none[:, 0], no_user))
         return parts[0] if len(parts) == 1 else Answer(pd.concat(parts, ignore_index=True))
+
+
+class UserVectors:
+    """Known users' vectors, computed on first use and kept (their histories are fixed in
+    the bundle); with more users than ``limit``, none are kept."""
+
+    def __init__(self, bundle: Bundle, limit: int):
+        self.bundle = bundle
+        n = bundle.user_vocab.height
+        self.store: torch.Tensor | None = None
+        if 0 < n <= limit:
+            d = bundle.scorer.item_vectors().shape[1]
+            self.store = torch.zeros(n + 1, d)  # row = user index; 0 unused
+            self.have = torch.zeros(n + 1, dtype=torch.bool)
+
+    def vectors(self, users: np.ndarray, flat: np.ndarray, offsets: np.ndarray) -> torch.Tensor:
+        """(B, d) vectors of B rows: known users' (``users`` > 0) kept or computed once;
+        the histories ``flat[offsets[b]:offsets[b + 1]]`` of the others computed."""
+        if self.store is None:
+            return user_vectors(self.bundle, flat, offsets)
+        idx = torch.from_numpy(users)
+        missing = np.flatnonzero(~self.have[idx].numpy())
+        out = self.store[idx]  # (B, d), a copy; the rows to compute are filled below
+        if len(missing):
+            h, h_off = gather_ragged(flat, offsets[missing], offsets[missing + 1])
+            fresh = user_vectors(self.bundle, h, h_off)
+            rows = torch.from_numpy(missing)
+            out[rows] = fresh
+            known = idx[rows] > 0
+            self.store[idx[rows][known]] = fresh[known]
+            self.have[idx[rows][known]] = True
+        return out
 
 
 def _frame(

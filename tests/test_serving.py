@@ -13,6 +13,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -160,9 +161,9 @@ def test_rows_are_scored_in_chunks(served, monkeypatch):
     calls = []
     real = serving.score_chunk
 
-    def counting(bundle, flat, offsets, k, *args):
+    def counting(bundle, flat, offsets, k, *args, **kwargs):
         calls.append((len(offsets) - 1, k))
-        return real(bundle, flat, offsets, k, *args)
+        return real(bundle, flat, offsets, k, *args, **kwargs)
 
     monkeypatch.setattr(serving, "score_chunk", counting)
     monkeypatch.setattr(serving, "CHUNK_ROWS", 3)
@@ -237,6 +238,34 @@ def test_request_rows_are_capped(served, monkeypatch):
     assert model.config.max_request_rows == serving.ServingConfig.max_request_rows == 10_000
 
 
+def test_known_users_vectors_are_kept(served, monkeypatch):
+    _, rec = served
+    context = SimpleNamespace(artifacts={ARTIFACT_PATH: str(rec.bundle.path)})
+    monkeypatch.setenv("RECSYS_USER_VECTORS", "0")
+    plain = RecsysModel()
+    plain.load_context(context)
+    assert plain._known.store is None
+    fresh = RecsysModel()
+    monkeypatch.delenv("RECSYS_USER_VECTORS")
+    fresh.load_context(context)
+    first = fresh.predict(None, pd.DataFrame(MIXED))
+    # Known users' vectors are kept (histories are not), equal to the computed ones, and
+    # the answers are the same with them, without them, and a second time.
+    kept = fresh._known.have.nonzero().flatten().tolist()
+    assert kept == sorted(rec._user_idx(["3", "17", "42"]).tolist())
+    flat, offsets = rec.bundle.histories()
+    h, h_off = serving.gather_ragged(flat, offsets[np.array(kept) - 1], offsets[kept])
+    assert torch.allclose(fresh._known.store[kept], serving.user_vectors(rec.bundle, h, h_off))
+    _assert_same(fresh.predict(None, pd.DataFrame(MIXED)), first)
+    _assert_same(plain.predict(None, pd.DataFrame(MIXED)), first)
+    _assert_same(first, _expected(rec, MIXED))
+    # A model with more users than the limit keeps none.
+    monkeypatch.setenv("RECSYS_USER_VECTORS", str(rec.bundle.user_vocab.height - 1))
+    few = RecsysModel()
+    few.load_context(context)
+    assert few._known.store is None
+
+
 def test_loading_sets_torch_threads(served, monkeypatch):
     _, rec = served
     context = SimpleNamespace(artifacts={ARTIFACT_PATH: str(rec.bundle.path)})
@@ -248,7 +277,7 @@ def test_loading_sets_torch_threads(served, monkeypatch):
     RecsysModel().load_context(context)
     assert torch.get_num_threads() == serving.ServingConfig.torch_threads == 1
     monkeypatch.setenv("RECSYS_TORCH_THREADS", "-1")
-    with pytest.raises(ValueError, match="torch_threads=-1 at least 0"):
+    with pytest.raises(ValueError, match="torch_threads=-1 and user_vectors=1000000 at least"):
         RecsysModel().load_context(context)
 
 
