@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from recsys.bundle import Bundle, load_bundle, resolve_model
 from recsys.data.dataset import gather_ragged
 from recsys.data.readers import LIBRARY_ERRORS, library_message
+from recsys.explain import explain_chunk, reasons
 from recsys.io import atomic_file, check_output_folder, remove_stale_temporaries, sha256_file
 from recsys.options import option
 from recsys.scoring import RESULT_SCHEMA, results_frame, score_chunk
@@ -54,6 +55,11 @@ class RecommendConfig:
     k: int = option(100, "recommendations per user")
     include_seen: bool = option(False, "allow items of the user's history")
     chunk_users: int = option(10_000, "users per part")
+    explain: int = option(
+        0,
+        "add the N history items that most raised each recommendation's score ('because') "
+        "and by how much ('because_weight'); 0: none",
+    )
     tracking_uri: str | None = option(
         None,
         "MLflow tracking URI (for run ids)",
@@ -64,6 +70,8 @@ class RecommendConfig:
     def __post_init__(self) -> None:
         if self.k < 1:
             raise ValueError(f"k={self.k}: expected at least 1")
+        if self.explain < 0:
+            raise ValueError(f"explain={self.explain}: expected 0 (none) or more")
         if self.chunk_users < 1:
             raise ValueError(f"chunk_users={self.chunk_users}: expected at least 1")
 
@@ -174,6 +182,7 @@ def run(cfg: RecommendConfig) -> dict[str, Any]:
         "k": cfg.k,
         "include_seen": cfg.include_seen,
         "chunk_users": cfg.chunk_users,
+        "explain": cfg.explain,
     }
     if (out / JOB).is_file():
         previous = _read_meta(out / JOB)
@@ -202,6 +211,11 @@ def run(cfg: RecommendConfig) -> dict[str, Any]:
         h, h_off = gather_ragged(flat, offsets[u - 1], offsets[u])
         items, scores = score_chunk(bundle, h, h_off, cfg.k, exclude_seen=not cfg.include_seen)
         df = results_frame(bundle, raw_ids[lo : lo + cfg.chunk_users], items, scores)
+        if cfg.explain:
+            ex = explain_chunk(bundle, h, h_off, items)
+            because, weight = reasons(bundle, ex, cfg.explain)
+            keep = pl.Series((items > 0).ravel())  # the rows results_frame kept
+            df = df.with_columns(because.filter(keep), weight.filter(keep))
         with atomic_file(path) as tmp:
             df.write_parquet(tmp)
         rows += df.height
@@ -213,7 +227,7 @@ def run(cfg: RecommendConfig) -> dict[str, Any]:
         "parts": len(chunks),
         "parts_written_by_this_run": written,
         "rows": rows,
-        "columns": list(RESULT_SCHEMA),
+        "columns": list(RESULT_SCHEMA) + (["because", "because_weight"] if cfg.explain else []),
         "dataset": bundle.dataset,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }

@@ -124,3 +124,27 @@ def test_users_file_and_bad_users(bundle, tmp_path):
         )
     with pytest.raises(ValueError, match="k=99999 exceeds the catalogue size"):
         job.run(job.RecommendConfig(model=str(bundle), output=str(tmp_path / "o3"), k=99999))
+
+
+def test_explain_adds_the_reasons(bundle, tmp_path):
+    args = ["recommend", "--model", str(bundle), "--k", "4", "--no-progress"]
+    assert main([*args, "--output", str(tmp_path / "plain")]) == 0
+    assert main([*args, "--output", str(tmp_path / "why"), "--explain", "2"]) == 0
+    plain, why = _read(tmp_path / "plain"), _read(tmp_path / "why")
+    assert why.drop("because", "because_weight").equals(plain)
+    assert why.schema["because"] == pl.List(pl.String)
+    assert why["because"].list.len().max() == 2
+    # The same reasons, in the same order, as the Python API's top 2 per item.
+    rec = Recommender.load(bundle)
+    some = why["user_id"].unique().sort().head(3).to_list()
+    api = rec.explain(some, k=4, top=2).filter(pl.col("source") == "history")
+    expected = api.group_by("user_id", "item_id", maintain_order=True).agg(
+        pl.col("history_item_id").alias("because"), pl.col("contribution").alias("w")
+    )
+    got = why.filter(pl.col("user_id").is_in(some)).join(expected, on=["user_id", "item_id"])
+    assert got.height == why.filter(pl.col("user_id").is_in(some)).height
+    assert got["because"].to_list() == got["because_right"].to_list()
+    for a, b in zip(got["because_weight"].to_list(), got["w"].to_list(), strict=True):
+        assert a == pytest.approx(b, abs=1e-5)
+    assert job.read_manifest(tmp_path / "why")["columns"][-2:] == ["because", "because_weight"]
+    assert main([*args, "--output", str(tmp_path / "bad"), "--explain", "-1"]) == 2

@@ -127,4 +127,32 @@ def explanation_frame(
     return frame.sort("sort").drop("sort").select(list(EXPLANATION_SCHEMA))
 
 
+def reasons(bundle: Bundle, ex: Explained, n: int) -> tuple[pl.Series, pl.Series]:
+    """Per explained (user, item), row-major over ``ex.items`` (B, M): the IDs of the ``n``
+    history events with the largest contributions, largest first, and those
+    contributions, as two list columns (``because``, ``because_weight``)."""
+    B, M, T = ex.contributions.shape
+    real = ex.window[:, None, :] != 0  # (B, 1, T)
+    key = np.where(real, -ex.contributions, np.inf)
+    order = np.argsort(key, axis=2, kind="stable")[:, :, :n]  # (B, M, n)
+    kept = np.take_along_axis(np.broadcast_to(real, (B, M, T)), order, 2)
+    events = np.take_along_axis(np.broadcast_to(ex.window[:, None, :], (B, M, T)), order, 2)
+    ids = np.where(kept, bundle.item_ids[events], None).reshape(B * M, -1)
+    weights = np.where(kept, np.take_along_axis(ex.contributions, order, 2), np.nan)
+    width = ids.shape[1]
+    because = (
+        pl.Series("because", ids.ravel(), dtype=pl.String)
+        .reshape((B * M, width))
+        .arr.to_list()
+        .list.drop_nulls()
+    )
+    weight = (
+        pl.Series("because_weight", weights.reshape(-1).astype(np.float32), nan_to_null=True)
+        .reshape((B * M, width))
+        .arr.to_list()
+        .list.drop_nulls()
+    )
+    return because, weight
+
+
 _SCHEMA_BASE = {k: v for k, v in EXPLANATION_SCHEMA.items() if k not in ("method", "source")}
