@@ -3,9 +3,12 @@
 A request is a table with one row per question: ``user_id`` (a known user) or
 ``history`` (a list of raw item IDs, oldest first, or one comma-separated string, for a
 user the model has never seen; unknown items are skipped), and optionally ``k`` (default
-10). The answer has one row per recommended item: ``request`` (the row number of the
-question), ``user_id`` (null for a history), ``rank`` (1 = best), ``item_id``, ``score`` —
-the same lists the Python API returns.
+10) and ``explain`` (0 to 50; default 0). The answer has one row per recommended item:
+``request`` (the row number of the question), ``user_id`` (null for a history), ``rank``
+(1 = best), ``item_id``, ``score`` — the same lists the Python API returns — and, when the
+request has an ``explain`` column, ``because`` and ``because_weight``: the ``explain``
+history items that raised the item's score most and by how much (empty lists for rows
+that asked for none), as ``Recommender.explain`` gives them.
 
     curl http://127.0.0.1:5000/invocations -H 'Content-Type: application/json' -d '
       {"dataframe_records": [{"user_id": "196", "k": 5}, {"history": ["50", "172"]}]}'
@@ -31,10 +34,12 @@ from typing import Any
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
+import polars as pl
 import torch
 
 from recsys.bundle import ARTIFACT_PATH, Bundle
 from recsys.data.dataset import gather_ragged
+from recsys.explain import explain_chunk, reasons
 from recsys.io import quote
 from recsys.options import from_env, option
 from recsys.scoring import score_chunk, user_vectors
@@ -43,6 +48,7 @@ MODEL_NAME = "model"  # the name of the logged model inside a training run
 DEFAULT_K = 10
 CHUNK_ROWS = 1024  # rows scored together: bounds the (rows, k) and padded-history arrays
 QUOTE_CHARS = 60  # request values are quoted at most this long in errors
+MAX_EXPLAIN = 50  # history items a request row may ask for as reasons
 ANSWER_COLUMNS = pd.Index(["request", "user_id", "rank", "item_id", "score"])
 
 
@@ -108,33 +114,41 @@ def _history_entries(history: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     return entries.index.to_numpy()[keep], text.to_numpy(dtype=object)[keep]
 
 
-def _ks(k: pd.Series | None, rows: int, num_items: int) -> np.ndarray:
-    """Each row's k (default :data:`DEFAULT_K`), checked to be an integer in 1..num_items."""
-    if k is None:
-        return np.full(rows, DEFAULT_K, dtype=np.int64)
-    missing = k.isna().to_numpy()
-    if pd.api.types.is_bool_dtype(k):
+def _counts(
+    values: pd.Series | None, rows: int, name: str, low: int, high: int, default: int, what: str
+) -> np.ndarray:
+    """Each row's integer ``name`` (``default`` where missing), checked to lie in
+    ``low..high`` (``what`` says the range in the error)."""
+    if values is None:
+        return np.full(rows, default, dtype=np.int64)
+    missing = values.isna().to_numpy()
+    if pd.api.types.is_bool_dtype(values):
         numbers, numeric = np.zeros(rows), np.zeros(rows, dtype=bool)
-    elif pd.api.types.is_numeric_dtype(k):
-        numbers, numeric = k.to_numpy(dtype=np.float64, na_value=np.nan), np.ones(rows, bool)
+    elif pd.api.types.is_numeric_dtype(values):
+        numbers = values.to_numpy(dtype=np.float64, na_value=np.nan)
+        numeric = np.ones(rows, bool)
     else:
-        # A mixed column: only real numbers count ("5" and true are not a k).
+        # A mixed column: only real numbers count ("5" and true are not a count).
         is_number = (int, float, np.number)
-        numeric = k.map(lambda v: isinstance(v, is_number) and not isinstance(v, bool))
+        numeric = values.map(lambda v: isinstance(v, is_number) and not isinstance(v, bool))
         numeric = numeric.to_numpy(dtype=bool)
-        numbers = pd.to_numeric(k.where(numeric), errors="coerce").to_numpy(dtype=np.float64)
+        numbers = pd.to_numeric(values.where(numeric), errors="coerce").to_numpy(dtype=np.float64)
     with np.errstate(invalid="ignore"):
-        ok = numeric & (numbers == np.floor(numbers)) & (numbers >= 1) & (numbers <= num_items)
+        ok = numeric & (numbers == np.floor(numbers)) & (numbers >= low) & (numbers <= high)
     bad = np.flatnonzero(~missing & ~ok)
     if len(bad):
-        value = k.iloc[bad[0]]
+        value = values.iloc[bad[0]]
         value = value.item() if isinstance(value, np.generic) else value
         if isinstance(value, float) and value.is_integer():
             value = int(value)
-        raise _row_error(
-            bad, f"k={_q(value)}: expected an integer from 1 to the catalogue size {num_items}"
-        )
-    return np.where(missing, DEFAULT_K, np.nan_to_num(numbers)).astype(np.int64)
+        raise _row_error(bad, f"{name}={_q(value)}: expected an integer {what}")
+    return np.where(missing, default, np.nan_to_num(numbers)).astype(np.int64)
+
+
+def _ks(k: pd.Series | None, rows: int, num_items: int) -> np.ndarray:
+    """Each row's k (default :data:`DEFAULT_K`), checked to be an integer in 1..num_items."""
+    what = f"from 1 to the catalogue size {num_items}"
+    return _counts(k, rows, "k", 1, num_items, DEFAULT_K, what)
 
 
 class RecsysModel(mlflow.pyfunc.PythonModel):
@@ -198,6 +212,8 @@ class RecsysModel(mlflow.pyfunc.PythonModel):
         if (neither := np.flatnonzero(~has_user & ~has_history)).size:
             raise _row_error(neither, "give a user_id or a non-empty history")
         ks = _ks(_present(df, "k"), n, bundle.num_items)
+        why = _present(df, "explain")
+        reasons_per_row = _counts(why, n, "explain", 0, MAX_EXPLAIN, 0, f"from 0 to {MAX_EXPLAIN}")
 
         user_rows = np.flatnonzero(has_user)
         user_ids = _user_ids(users[has_user]) if len(user_rows) else np.zeros(0, dtype=object)
@@ -238,12 +254,47 @@ class RecsysModel(mlflow.pyfunc.PythonModel):
             # list are that row's own top k.
             users = self._known.vectors(row_idx[lo:hi], h, h_off)
             items, scores = score_chunk(bundle, h, h_off, int(ks[lo:hi].max()), users=users)
-            parts.append(_frame(bundle, lo, items, scores, ks[lo:hi], row_user[lo:hi]))
+            frame = _frame(bundle, lo, items, scores, ks[lo:hi], row_user[lo:hi])
+            if why is not None:
+                frame = _with_reasons(frame, bundle, h, h_off, items, reasons_per_row[lo:hi], lo)
+            parts.append(frame)
         if not parts:  # no rows: the columns alone
             none = np.zeros((0, 1), dtype=np.int64)
             no_user = np.zeros(0, dtype=object)
             parts.append(_frame(bundle, 0, none, none.astype(np.float32), none[:, 0], no_user))
         return parts[0] if len(parts) == 1 else Answer(pd.concat(parts, ignore_index=True))
+
+
+def _with_reasons(
+    frame: pd.DataFrame,
+    bundle: Bundle,
+    flat: np.ndarray,
+    offsets: np.ndarray,
+    items: np.ndarray,
+    counts: np.ndarray,
+    lo: int,
+) -> pd.DataFrame:
+    """``frame`` with ``because`` and ``because_weight``: each answer row's ``explain``
+    strongest history items (empty lists where its request row asked for none)."""
+    request = frame["request"].to_numpy() - lo  # the chunk row of each answer row
+    n = pl.Series(counts[request])
+    asked = np.flatnonzero(counts > 0)
+    if len(asked):
+        h, h_off = gather_ragged(flat, offsets[asked], offsets[asked + 1])
+        ex = explain_chunk(bundle, h, h_off, items[asked])
+        ids, values = reasons(bundle, ex, int(counts.max()))
+        place = np.zeros(len(counts), dtype=np.int64)  # chunk row -> row among the asking
+        place[asked] = np.arange(len(asked))
+        # Answer rows of rows that did not ask take any list and keep none of it.
+        at = pl.Series(place[request] * items.shape[1] + frame["rank"].to_numpy() - 1)
+        lists = pl.DataFrame({"b": ids.gather(at), "w": values.gather(at), "n": n})
+    else:
+        empty = pl.Series([[]] * len(frame), dtype=pl.List(pl.String))
+        lists = pl.DataFrame({"b": empty, "w": empty.cast(pl.List(pl.Float32)), "n": n})
+    lists = lists.select(pl.col("b").list.head(pl.col("n")), pl.col("w").list.head(pl.col("n")))
+    frame["because"] = pd.Series(lists["b"].to_list(), dtype=object, index=frame.index)
+    frame["because_weight"] = pd.Series(lists["w"].to_list(), dtype=object, index=frame.index)
+    return frame
 
 
 class UserVectors:

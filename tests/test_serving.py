@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
+import polars as pl
 import pytest
 import torch
 
@@ -146,6 +147,32 @@ def test_answer_records_are_pandas_own(served):
     assert type(got.head(2)) is pd.DataFrame and list(got.columns) == list(serving.ANSWER_COLUMNS)
 
 
+def test_rows_may_ask_for_reasons(served):
+    model, rec = served
+    rows = [
+        {"user_id": "3", "k": 3, "explain": 2},
+        {"history": ["5", "6", "7"], "k": 2, "explain": 1},
+        {"user_id": "17", "k": 2},  # asks for none: empty lists
+    ]
+    got = model.predict(None, pd.DataFrame(rows))
+    plain = model.predict(None, pd.DataFrame([{k: v for k, v in r.items() if k != "explain"}
+                                              for r in rows]))  # fmt: skip
+    _assert_same(got.drop(columns=["because", "because_weight"]), plain)
+    json.dumps(got.to_dict("records"), allow_nan=False)
+    for request, api in (
+        (0, rec.explain(["3"], k=3, top=2)),
+        (1, rec.explain_history(["5", "6", "7"], k=2, top=1)),
+    ):
+        answer = got[got["request"] == request]
+        for item, because, weight in zip(
+            answer["item_id"], answer["because"], answer["because_weight"], strict=True
+        ):
+            mine = api.filter((pl.col("item_id") == item) & (pl.col("source") == "history"))
+            assert because == mine["history_item_id"].to_list()
+            assert weight == pytest.approx(mine["contribution"].to_list(), abs=1e-5)
+    assert all(b == [] for b in got[got["request"] == 2]["because"])
+
+
 def test_parallel_requests_answer_as_sequential_ones(served):
     model, _ = served
     requests = [pd.DataFrame(MIXED[i:] + MIXED[:i]) for i in range(len(MIXED))]
@@ -192,6 +219,8 @@ def test_rows_are_scored_in_chunks(served, monkeypatch):
         ({"user_id": "3", "k": 2.5}, "k=2.5: expected an integer"),
         ({"user_id": "3", "k": "5"}, "k='5': expected an integer"),
         ({"user_id": "3", "k": True}, "k=True: expected an integer"),
+        ({"user_id": "3", "explain": -1}, "explain=-1: expected an integer from 0 to 50"),
+        ({"user_id": "3", "explain": "2"}, "explain='2': expected an integer"),
     ],
 )
 def test_a_bad_row_is_named_with_its_value(served, row, message):
