@@ -184,3 +184,29 @@ def test_faithfulness_measures():
         "comprehensiveness@1", "comprehensiveness@3", "comprehensiveness@5",
         "sufficiency@1", "sufficiency@3", "sufficiency@5", "deletion_auc",
     }  # fmt: skip
+
+
+def test_explain_command_prints_and_draws(successor_model, tmp_path, capsys):
+    from recsys.cli import main
+
+    rec = successor_model("sasrec")
+    bundle, png = str(rec.bundle.path), tmp_path / "why.png"
+    args = ["explain", "--model", bundle, "--user", "5", "--k", "2", "--top", "2"]
+    assert main([*args, "--plot", str(png)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    top2 = rec.recommend(["5"], k=2)["item_id"].to_list()
+    assert out[0] == "user 5: occlusion contributions to each item's score"
+    assert [line for line in out if not line.startswith(" ")][1:3] == top2
+    first = rec.explain(["5"], k=2, top=1).filter(pl.col("source") == "history")
+    assert f"  {first['contribution'][0]:+8.3f}  {first['history_item_id'][0]}" in out[2]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main([*args, "--plot", str(png)]) == 0  # our own heat map is replaced
+    foreign = tmp_path / "mine.png"
+    foreign.write_bytes(b"\x89PNG not ours")
+    assert main([*args, "--plot", str(foreign)]) == 2
+    assert foreign.read_bytes() == b"\x89PNG not ours"
+    assert main([*args, "--plot", str(tmp_path / "why.jpg")]) == 2
+    assert "expected a .png file name" in capsys.readouterr().err
+    assert main(["explain", "--model", bundle, "--user", "nobody"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown user ID(s), e.g. ['nobody']" in err[0]

@@ -100,6 +100,7 @@ JOBS = {
     "train": "pipelines.train:TrainJobConfig",
     "evaluate": "pipelines.evaluate:EvaluateJobConfig",
     "recommend": "pipelines.recommend:RecommendConfig",
+    "explain": "pipelines.explain:ExplainConfig",
     "compare": "pipelines.compare:CompareConfig",
     "sweep": "pipelines.sweep:SweepConfig",
 }

@@ -23,6 +23,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     model.add_train,
     model.add_evaluate,
     model.add_recommend,
+    model.add_explain,
     experiments.add_compare,
     experiments.add_sweep,
 ]

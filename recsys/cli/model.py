@@ -139,3 +139,33 @@ def _preview(output: str, model: str, tracking_uri: str | None, users: int = 3, 
         for row in rows.iter_rows(named=True):
             title = f"  {row['title']}" if row.get("title") else ""
             print(f"  {row['rank']:>3}. item {row['item_id']}{title}  (score {row['score']:.3f})")
+
+
+def add_explain(sub: argparse._SubParsersAction) -> None:
+    from pipelines.explain import ExplainConfig
+
+    add_job(
+        sub,
+        "explain",
+        ExplainConfig,
+        _run_explain,
+        help="why a user gets their recommendations: each history event's contribution",
+        description="Explain one user's top-k recommendations (or --items): per item, the "
+        "history events that made its score, largest contribution first, with titles where "
+        "the item vocabulary has them. Methods: occlusion (the score drop when the event is "
+        "removed; the default), attention (rollout), gradient (integrated gradients). "
+        "--plot draws a heat map of history events by items.",
+        epilog="Example: recsys explain --model data/demo/run/bundle --user 17 --k 3 "
+        "--plot why.png",
+    )
+
+
+def _run_explain(args: argparse.Namespace) -> int:
+    from pipelines.explain import ExplainConfig, run
+
+    cfg = build_config(ExplainConfig, args)
+    out = run(cfg)
+    print(out["text"])
+    if cfg.plot:
+        print(f"heat map: {cfg.plot}")
+    return 0
