@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,14 +34,12 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     from recsys.bundle import load_bundle, resolve_model
-    from recsys.data.dataset import gather_ragged, pad_left
+    from recsys.data.dataset import gather_ragged
     from recsys.evaluation.metrics import bootstrap_ci
-    from recsys.explain.attribution import METHODS, attribute, trim
-    from recsys.explain.faithfulness import orders_by, random_order, recent_first, summary
-    from recsys.scoring import score_chunk
+    from recsys.explain.attribution import METHODS
+    from recsys.explain.faithfulness import measure
 
     bundle = load_bundle(resolve_model(args.model))
-    model = bundle.scorer.model.eval()
     flat, offsets = bundle.histories()
     n_users = len(offsets) - 1
     rng = np.random.default_rng(args.seed)
@@ -50,24 +47,14 @@ def main() -> int:
     if args.users and args.users < n_users:
         users = np.sort(rng.choice(users, args.users, replace=False))
     h, h_off = gather_ragged(flat, offsets[users - 1], offsets[users])
-    top, _ = score_chunk(bundle, h, h_off, 1)
-    items = torch.from_numpy(top[:, 0])
-    window = trim(torch.from_numpy(pad_left(h, h_off[:-1], h_off[1:], model.cfg.max_len)))
-    orders, seconds = {}, {}
-    for method in METHODS:
-        t0 = time.perf_counter()
-        contrib = attribute(model, window, items[:, None], method)[:, 0]
-        seconds[method] = time.perf_counter() - t0
-        orders[method] = orders_by(contrib, window)
-    orders["random"] = random_order(window, args.seed)
-    orders["most recent"] = recent_first(window)
-    results = {name: summary(model, window, items, order) for name, order in orders.items()}
+    results, seconds = measure(bundle, h, h_off, args.seed)
+    lengths = np.minimum(np.diff(h_off), bundle.scorer.max_len)
     print(
         f"{bundle.dataset.get('dataset_name')} ({bundle.dataset.get('dataset_version')}): "
-        f"{len(users)} users' top-1 item, windows of up to {window.shape[1]} events "
-        f"(mean {float((window != 0).sum(1).float().mean()):.1f})"
+        f"{len(users)} users' top-1 item, windows of up to {lengths.max()} events "
+        f"(mean {lengths.mean():.1f})"
     )
-    metrics = list(next(iter(results.values())))
+    metrics = [m for m in next(iter(results.values())) if m != "deletion_curve"]
     print(f"{'ordering':12s} " + " ".join(f"{m:>25s}" for m in metrics) + "  seconds")
     for name, res in results.items():
         cells = []

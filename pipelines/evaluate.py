@@ -9,9 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from recsys.bundle import load_bundle, resolve_model
-from recsys.data.dataset import SequenceData
+from recsys.data.dataset import SequenceData, gather_ragged
 from recsys.evaluation.evaluate import PROTOCOLS, EvalConfig, evaluate
+from recsys.evaluation.metrics import bootstrap_ci
+from recsys.explain.faithfulness import measure
 from recsys.options import option, to_flat
 from recsys.tracking import URI_HELP, log_eval_result, log_params, protocol_label, setup
 
@@ -32,6 +36,13 @@ class EvaluateJobConfig:
     eval_ks: list[int] = option(default_factory=lambda: [1, 5, 10, 20], help="cut-offs K")
     experiment: str | None = option(None, "MLflow experiment", default_text="the dataset name")
     tracking_uri: str | None = option(None, "MLflow tracking URI", default_text=URI_HELP)
+    explain: bool = option(
+        False,
+        "also measure how faithful each explanation method is on the stage's users' top-1 "
+        "item (comprehensiveness, sufficiency, deletion curve; against random and "
+        "most-recent baselines)",
+    )
+    explain_users: int = option(2000, "users sampled for --explain (0: all)")
     log: bool = option(True, "log an evaluation run to MLflow")
     progress: bool = option(True, "progress bars")
 
@@ -65,10 +76,55 @@ def run(cfg: EvaluateJobConfig) -> dict[str, Any]:
         "protocol": protocol_label(res.exclude_seen, res.protocol),
         "metrics": res.flat(),
     }
+    faithfulness = None
+    if cfg.explain:
+        faithfulness = _faithfulness(bundle, data, cfg)
+        out["explain"] = faithfulness["metrics"]
     if cfg.log:
         with mlflow.start_run(run_name=f"evaluate {bundle.meta['kind']}") as active:
             log_params({**to_flat(cfg), **info})
             mlflow.set_tags({"kind": "evaluation", "evaluated_model": cfg.model})
             log_eval_result(res)
+            if faithfulness is not None:
+                mlflow.log_metrics(faithfulness["metrics"])
+                mlflow.log_figure(faithfulness["figure"], "explain_deletion_curve.png")
         out["run_id"] = active.info.run_id
     return out
+
+
+def _faithfulness(bundle: Any, data: SequenceData, cfg: EvaluateJobConfig) -> dict[str, Any]:
+    """Each method's faithfulness on the stage users' histories: metrics named
+    ``explain_<ordering>_<measure>`` with 95% CIs, and the deletion-curve figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    st = data.stage(cfg.stage)
+    rows = np.arange(len(st.users))
+    if cfg.explain_users and cfg.explain_users < len(rows):
+        rng = np.random.default_rng(0)
+        rows = np.sort(rng.choice(rows, cfg.explain_users, replace=False))
+    flat, offsets = gather_ragged(data.items, st.hist_start[rows], st.hist_stop[rows])
+    results, seconds = measure(bundle, flat, offsets)
+    metrics: dict[str, float] = {}
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for ordering, values in results.items():
+        name = ordering.replace(" ", "_")
+        for measure_name, per_user in values.items():
+            if measure_name == "deletion_curve":
+                continue
+            key = f"explain_{name}_{measure_name.replace('@', '_at_')}"
+            metrics[key] = float(per_user.mean())
+            metrics[f"{key}_ci_low"], metrics[f"{key}_ci_high"] = bootstrap_ci(per_user, 1000)
+        curve = values["deletion_curve"].mean(0)
+        ax.plot(np.linspace(0, 100, len(curve)), curve, marker="o", label=ordering)
+    for method, secs in seconds.items():
+        metrics[f"explain_{method}_seconds"] = secs
+    ax.set_xlabel("history events removed, most important first (%)")
+    ax.set_ylabel("change in the top-1 item's score")
+    ax.set_title(f"deletion curves, {len(rows)} {cfg.stage} users (lower is more faithful)")
+    ax.legend()
+    fig.tight_layout()
+    plt.close(fig)
+    return {"metrics": metrics, "figure": fig}

@@ -210,3 +210,29 @@ def test_explain_command_prints_and_draws(successor_model, tmp_path, capsys):
     assert main(["explain", "--model", bundle, "--user", "nobody"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown user ID(s), e.g. ['nobody']" in err[0]
+
+
+def test_evaluate_logs_faithfulness(tmp_path, make_prepared, successor_sequences, capsys):
+    import mlflow
+
+    from recsys import Recommender
+    from recsys.cli import main
+
+    data = make_prepared(tmp_path / "d", successor_sequences(60, 20))
+    rec = Recommender(epochs=2, max_len=12, d_model=16, progress=False)
+    rec.fit(data, output=tmp_path / "bundle")
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    args = ["evaluate", "--model", str(tmp_path / "bundle"), "--data", str(data)]
+    assert main([*args, "--explain", "--tracking-uri", uri, "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "explanations, top-1 item's score drop when 3 events are removed" in out
+    run_id = next(line.split(": ")[1] for line in out.splitlines() if line.startswith("run_id"))
+    client = mlflow.MlflowClient(uri)
+    metrics = client.get_run(run_id).data.metrics
+    for ordering in ("occlusion", "attention", "gradient", "random", "most_recent"):
+        for measure in ("comprehensiveness_at_1", "sufficiency_at_5", "deletion_auc"):
+            key = f"explain_{ordering}_{measure}"
+            assert metrics[f"{key}_ci_low"] <= metrics[key] <= metrics[f"{key}_ci_high"]
+    assert "explain_occlusion_seconds" in metrics
+    names = [a.path for a in client.list_artifacts(run_id)]
+    assert "explain_deletion_curve.png" in names

@@ -82,6 +82,13 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     out = run(build_config(EvaluateJobConfig, args))
     _print_summary(out, ["model", "run_id", "dataset_name", "dataset_version", "split", "users"])
+    if "explain" in out:
+        m = out["explain"]
+        print("explanations, top-1 item's score drop when 3 events are removed (95% CI):")
+        for name in ("occlusion", "gradient", "attention", "most_recent", "random"):
+            key = f"explain_{name}_comprehensiveness_at_3"
+            low, high = m[f"{key}_ci_low"], m[f"{key}_ci_high"]
+            print(f"  {name:12s} {m[key]:.4f} ({low:.4f}-{high:.4f})")
     return 0
 
 

@@ -17,11 +17,16 @@ when the user had never had them.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 
-from recsys.explain.attribution import TOKENS, item_scores
+from recsys.bundle import Bundle
+from recsys.data.dataset import pad_left
+from recsys.explain.attribution import METHODS, TOKENS, attribute, item_scores, trim
 from recsys.models.sasrec import SASRec
+from recsys.scoring import score_chunk
 
 
 def pack(window: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -102,5 +107,35 @@ def summary(
     for i, k in enumerate(ks):
         out[f"comprehensiveness@{k}"] = (full - removed[:, 1 + i]).numpy()
         out[f"sufficiency@{k}"] = (full - kept[:, i]).numpy()
-    out["deletion_auc"] = (removed[:, 1 + len(ks) :].mean(1) - full).numpy()
+    curve = removed[:, 1 + len(ks) :] - full[:, None]  # (B, points)
+    out["deletion_auc"] = curve.mean(1).numpy()
+    out["deletion_curve"] = curve.numpy()  # the score change at 0%, 10%, ..., 100% removed
     return out
+
+
+def measure(
+    bundle: Bundle, flat: np.ndarray, offsets: np.ndarray, seed: int = 0
+) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, float]]:
+    """Faithfulness of every method, and of the random and most-recent baselines, for the
+    top-1 item of each history ``flat[offsets[b]:offsets[b + 1]]``.
+
+    Returns
+    -------
+    results : dict
+        Ordering name → :func:`summary`'s per-user arrays.
+    seconds : dict
+        Method → seconds its contributions took.
+    """
+    model = bundle.scorer.model.eval()
+    top, _ = score_chunk(bundle, flat, offsets, 1)
+    items = torch.from_numpy(top[:, 0])
+    window = trim(torch.from_numpy(pad_left(flat, offsets[:-1], offsets[1:], model.cfg.max_len)))
+    orders, seconds = {}, {}
+    for method in METHODS:
+        t0 = time.perf_counter()
+        contributions = attribute(model, window, items[:, None], method)[:, 0]
+        seconds[method] = time.perf_counter() - t0
+        orders[method] = orders_by(contributions, window)
+    orders["random"] = random_order(window, seed)
+    orders["most recent"] = recent_first(window)
+    return {name: summary(model, window, items, o) for name, o in orders.items()}, seconds
