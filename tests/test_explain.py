@@ -182,8 +182,11 @@ def test_faithfulness_measures():
     assert got["comprehensiveness@5"][0] == pytest.approx(got["comprehensiveness@3"][0])
     assert set(got) == {
         "comprehensiveness@1", "comprehensiveness@3", "comprehensiveness@5",
-        "sufficiency@1", "sufficiency@3", "sufficiency@5", "deletion_auc",
+        "sufficiency@1", "sufficiency@3", "sufficiency@5", "deletion_auc", "deletion_curve",
     }  # fmt: skip
+    # The curve starts at the full score (nothing removed) and its mean is the AUC.
+    assert np.allclose(got["deletion_curve"][:, 0], 0, atol=1e-6)
+    assert np.allclose(got["deletion_curve"].mean(1), got["deletion_auc"])
 
 
 def test_explain_command_prints_and_draws(successor_model, tmp_path, capsys):
@@ -236,3 +239,15 @@ def test_evaluate_logs_faithfulness(tmp_path, make_prepared, successor_sequences
     assert "explain_occlusion_seconds" in metrics
     names = [a.path for a in client.list_artifacts(run_id)]
     assert "explain_deletion_curve.png" in names
+
+
+def test_users_are_explained_in_length_groups(successor_model, monkeypatch):
+    import recsys.explain as explain
+
+    rec = successor_model("sasrec")
+    users = [str(u) for u in range(1, 40)]
+    together = rec.explain(users, k=2)
+    monkeypatch.setattr(explain, "GROUP_USERS", 4)  # many groups of different lengths
+    grouped = rec.explain(users, k=2)
+    assert grouped.drop("contribution").equals(together.drop("contribution"))
+    assert np.allclose(grouped["contribution"], together["contribution"], atol=1e-5)
