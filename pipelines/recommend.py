@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 from recsys.bundle import Bundle, load_bundle, resolve_model
 from recsys.data.dataset import gather_ragged
 from recsys.data.readers import LIBRARY_ERRORS, library_message
-from recsys.explain import explain_chunk, reasons
+from recsys.explain import DEFAULT_METHOD, explain_chunk, reasons
+from recsys.explain.attribution import METHODS
 from recsys.io import atomic_file, check_output_folder, remove_stale_temporaries, sha256_file
 from recsys.options import option
 from recsys.scoring import RESULT_SCHEMA, results_frame, score_chunk
@@ -59,6 +60,9 @@ class RecommendConfig:
         0,
         "add the N history items that most raised each recommendation's score ('because') "
         "and by how much ('because_weight'); 0: none",
+    )
+    explain_method: str = option(
+        DEFAULT_METHOD, "how --explain computes contributions", choices=METHODS
     )
     tracking_uri: str | None = option(
         None,
@@ -183,6 +187,7 @@ def run(cfg: RecommendConfig) -> dict[str, Any]:
         "include_seen": cfg.include_seen,
         "chunk_users": cfg.chunk_users,
         "explain": cfg.explain,
+        "explain_method": cfg.explain_method,
     }
     if (out / JOB).is_file():
         previous = _read_meta(out / JOB)
@@ -212,7 +217,7 @@ def run(cfg: RecommendConfig) -> dict[str, Any]:
         items, scores = score_chunk(bundle, h, h_off, cfg.k, exclude_seen=not cfg.include_seen)
         df = results_frame(bundle, raw_ids[lo : lo + cfg.chunk_users], items, scores)
         if cfg.explain:
-            ex = explain_chunk(bundle, h, h_off, items)
+            ex = explain_chunk(bundle, h, h_off, items, method=cfg.explain_method)
             because, weight = reasons(bundle, ex, cfg.explain)
             keep = pl.Series((items > 0).ravel())  # the rows results_frame kept
             df = df.with_columns(because.filter(keep), weight.filter(keep))
