@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +31,17 @@ def main() -> int:
     p.add_argument("--users", type=int, default=2000, help="users sampled (0: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's own)")
+    p.add_argument(
+        "--cost",
+        action="store_true",
+        help="instead: the batch job over all users, with and without --explain 3 per "
+        "method, alternating (2 rounds); users/s and the ratio",
+    )
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.cost:
+        return cost(args.model)
     from recsys.bundle import load_bundle, resolve_model
     from recsys.data.dataset import gather_ragged
     from recsys.evaluation.metrics import bootstrap_ci
@@ -67,6 +76,38 @@ def main() -> int:
     for method in METHODS:
         ratio = results[method]["comprehensiveness@3"].mean() / base
         print(f"comprehensiveness@3, {method} / random: {ratio:.2f}x")
+    return 0
+
+
+def cost(model: str, k: int = 10, rounds: int = 2) -> int:
+    """Throughput of ``recsys recommend`` over all users, plain and with ``--explain 3``."""
+    import shutil
+    import tempfile
+
+    from pipelines.recommend import RecommendConfig, run
+    from recsys.explain.attribution import METHODS
+
+    variants = [("plain", 0, "attention")] + [(m, 3, m) for m in METHODS]
+    times: dict[str, list[float]] = {name: [] for name, _, _ in variants}
+    users = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(rounds):
+            for name, n, method in variants:
+                out = Path(tmp) / name
+                shutil.rmtree(out, ignore_errors=True)
+                cfg = RecommendConfig(
+                    model=model, output=str(out), k=k, explain=n, explain_method=method,
+                    progress=False,
+                )  # fmt: skip
+                t0 = time.perf_counter()
+                users = run(cfg)["num_users"]
+                times[name].append(time.perf_counter() - t0)
+    plain = min(times["plain"])
+    print(f"recommend, all {users:,} users, k={k}; best of {rounds} alternating rounds")
+    for name, secs in times.items():
+        best = min(secs)
+        label = name if name == "plain" else f"--explain 3, {name}"
+        print(f"{label:26s} {users / best:9,.0f} users/s  {best:7.1f} s  x{plain / best:.2f}")
     return 0
 
 
