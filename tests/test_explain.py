@@ -183,7 +183,22 @@ def test_faithfulness_measures():
     assert set(got) == {
         "comprehensiveness@1", "comprehensiveness@3", "comprehensiveness@5",
         "sufficiency@1", "sufficiency@3", "sufficiency@5", "deletion_auc", "deletion_curve",
+        "rank_drop@1", "rank_drop@3", "rank_drop@5",
     }  # fmt: skip
+    # Ranks among items not in the window, brute force after removing the last event.
+    with torch.no_grad():
+        rest = torch.tensor([[0, 0, 0, 5, 6], [0, 1, 2, 3, 4]])
+        all_scores = model.user_repr(rest) @ model.output_items().T  # (B, I + 1)
+        for b in range(2):
+            allowed = [i for i in range(1, 10) if i not in window[b].tolist()]
+            t = all_scores[b, items[b]]
+            before = sum(
+                float(model.user_repr(window[b : b + 1])[0] @ model.output_items()[i])
+                > float(full[b])
+                for i in allowed
+            )
+            after = sum(float(all_scores[b, i]) > float(t) for i in allowed)
+            assert got["rank_drop@1"][b] == after - before
     # The curve starts at the full score (nothing removed) and its mean is the AUC.
     assert np.allclose(got["deletion_curve"][:, 0], 0, atol=1e-6)
     assert np.allclose(got["deletion_curve"].mean(1), got["deletion_auc"])

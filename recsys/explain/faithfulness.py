@@ -5,7 +5,8 @@ al., 2018).
 For a window (B, T) and an item per user, an *order* ranks the window's events (most
 important first). From it:
 
-- comprehensiveness@k: the score drop when the first k events are removed;
+- comprehensiveness@k: the score drop when the first k events are removed, and
+  rank_drop@k: how many places the item falls then;
 - sufficiency@k: the score drop when only the first k events are kept (lower is better);
 - deletion AUC: the mean score over removing 0%, 10%, ..., 100% of the events in order,
   minus the full score (lower, i.e. a faster fall, is better).
@@ -69,9 +70,11 @@ def scores_after(
     order: torch.Tensor,
     counts: torch.Tensor,
     keep_first: bool,
-) -> torch.Tensor:
+    ranks: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Scores (B, K) of items (B,) after removing (``keep_first=False``) or keeping only
-    (True) the first ``counts`` (B, K) events of ``order`` (B, T)."""
+    (True) the first ``counts`` (B, K) events of ``order`` (B, T); with ``ranks`` also each
+    item's 0-based rank (B, K) then among all items not in the user's window."""
     B, T = window.shape
     K = counts.shape[1]
     rank = torch.empty_like(order)
@@ -82,7 +85,19 @@ def scores_after(
     rows = max(1, TOKENS // T)
     h = torch.cat([model.user_repr(variants[i : i + rows]) for i in range(0, len(variants), rows)])
     targets = items.repeat_interleave(K)[:, None]  # (B * K, 1)
-    return item_scores(model, h, targets)[:, 0].view(B, K)
+    scores = item_scores(model, h, targets)[:, 0]  # (B * K,)
+    if not ranks:
+        return scores.view(B, K)
+    vecs = model.output_items().detach()
+    seen = window.repeat_interleave(K, dim=0)  # (B * K, T): items never ranked
+    ahead = torch.zeros(B * K, dtype=torch.long)
+    step = max(1, (1 << 22) // vecs.shape[0])  # rows of full scores held at once
+    for lo in range(0, B * K, step):
+        full = h[lo : lo + step] @ vecs.T  # (R, I + 1)
+        full[:, 0] = float("-inf")
+        full.scatter_(1, seen[lo : lo + step], float("-inf"))
+        ahead[lo : lo + step] = (full > scores[lo : lo + step, None]).sum(1)
+    return scores.view(B, K), ahead.view(B, K)
 
 
 def summary(
@@ -93,7 +108,7 @@ def summary(
     ks: tuple[int, ...] = (1, 3, 5),
 ) -> dict[str, np.ndarray]:
     """Per-user faithfulness of ``order`` (B, T) for items (B,): ``comprehensiveness@k``,
-    ``sufficiency@k`` (a k beyond a user's events counts all of them) and
+    ``rank_drop@k``, ``sufficiency@k`` (a k beyond a user's events counts all of them) and
     ``deletion_auc`` (over 0%, 10%, ..., 100% of the events removed), each (B,)."""
     model.eval()
     n = (window != 0).sum(1, keepdim=True)  # (B, 1)
@@ -102,10 +117,14 @@ def summary(
     curve = torch.round(fractions * n).long()  # (B, points)
     removed = scores_after(model, window, items, order, torch.cat([at_k, curve], 1), False)
     kept = scores_after(model, window, items, order, at_k[:, 1:], True)
+    _, rank = scores_after(model, window, items, order, at_k, False, ranks=True)
     full = removed[:, 0]
     out = {}
     for i, k in enumerate(ks):
         out[f"comprehensiveness@{k}"] = (full - removed[:, 1 + i]).numpy()
+        # How many places the item falls (its rank with the whole window is that of the
+        # model's own ranking, 0 for its top-1 item).
+        out[f"rank_drop@{k}"] = (rank[:, 1 + i] - rank[:, 0]).float().numpy()
         out[f"sufficiency@{k}"] = (full - kept[:, i]).numpy()
     curve = removed[:, 1 + len(ks) :] - full[:, None]  # (B, points)
     out["deletion_auc"] = curve.mean(1).numpy()
