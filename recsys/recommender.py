@@ -306,8 +306,8 @@ class Recommender(BaseEstimator):
         """Why known users get items: each history event's contribution to the score.
 
         Explains ``items`` (raw IDs) for every user, or each user's own top-``k``
-        recommendations when ``items`` is None. ``method`` is ``attention`` (default:
-        rollout), ``occlusion`` (the drop in the score when the event is removed) or
+        recommendations when ``items`` is None. ``method`` is ``occlusion`` (default: the
+        drop in the score when the event is removed), ``attention`` (rollout) or
         ``gradient`` (integrated gradients); see :mod:`recsys.explain.attribution`.
 
         Returns ``user_id, item_id, history_item_id, position (0 = most recent),

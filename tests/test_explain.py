@@ -48,7 +48,7 @@ def test_the_table_layout(successor_model):
         hist = rows.filter(pl.col("source") == "history")["contribution"].to_list()
         assert hist == sorted(hist, reverse=True)
         assert rows.filter(pl.col("source") == "repeat")["history_item_id"].is_null().all()
-    assert set(out["method"]) == {"attention"}  # the default
+    assert set(out["method"]) == {"occlusion"}  # the default
     # The paper's model has no repeat term: no such row.
     plain = successor_model("sasrec-plain").explain(["5"], k=2)
     assert set(plain["source"]) == {"history"}
@@ -129,7 +129,7 @@ def test_the_cause_is_found(tmp_path, make_prepared):
                 first = out.filter(pl.col("source") == "history")["history_item_id"][0]
                 found[method] += first == str(cause)
     assert total >= 90  # the model learned the rule (100 of 100 when written)
-    # When written: occlusion 97%, attention (the default) 100%; integrated gradients 77%.
+    # When written: occlusion (the default) 97%, attention 100%; integrated gradients 77%.
     assert found["occlusion"] >= 0.95 * total and found["attention"] >= 0.95 * total
 
 
@@ -213,7 +213,7 @@ def test_explain_command_prints_and_draws(successor_model, tmp_path, capsys):
     assert main([*args, "--plot", str(png)]) == 0
     out = capsys.readouterr().out.splitlines()
     top2 = rec.recommend(["5"], k=2)["item_id"].to_list()
-    assert out[0] == "user 5: attention contributions to each item's score"
+    assert out[0] == "user 5: occlusion contributions to each item's score"
     assert [line for line in out if not line.startswith(" ")][1:3] == top2
     first = rec.explain(["5"], k=2, top=1).filter(pl.col("source") == "history")
     assert f"  {first['contribution'][0]:+8.3f}  {first['history_item_id'][0]}" in out[2]

@@ -159,8 +159,8 @@ def add_explain(sub: argparse._SubParsersAction) -> None:
         help="why a user gets their recommendations: each history event's contribution",
         description="Explain one user's top-k recommendations (or --items): per item, the "
         "history events that made its score, largest contribution first, with titles where "
-        "the item vocabulary has them. Methods: attention (rollout; the default), occlusion "
-        "(the score drop when the event is removed), gradient (integrated gradients). "
+        "the item vocabulary has them. Methods: occlusion (the score drop when the event is "
+        "removed; the default), attention (rollout), gradient (integrated gradients). "
         "--plot draws a heat map of history events by items.",
         epilog="Example: recsys explain --model data/demo/run/bundle --user 17 --k 3 "
         "--plot why.png",

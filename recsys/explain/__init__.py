@@ -22,11 +22,11 @@ from recsys.explain.attribution import METHODS, attribute, trim
 from recsys.models.scorers import SASRecScorer
 from recsys.scoring import score_chunk, whole_histories
 
-# The most faithful method that leaves a batch job a third of its speed or more: on
-# Amazon Beauty, occlusion removes more of the score with its top 3 events (6.11 against
-# attention's 5.20; random 2.21) but made `recommend --explain 3` 8x slower, attention
-# 1.2x. Both found the planted cause (97% and 100%) and beat random 20-26x on ml-100k.
-DEFAULT_METHOD = "attention"
+# The most faithful method that leaves a batch job a third of its speed or more: over all
+# Amazon Beauty users, `recommend --explain 3` ran at 0.40x the plain job's users/s with
+# occlusion and 0.87x with attention (benchmarks/explain.py --cost); occlusion removes
+# more of the score with its top events on both reference logs (README).
+DEFAULT_METHOD = "occlusion"
 GROUP_USERS = 256  # users explained together, of similar history length
 
 EXPLANATION_SCHEMA = {
