@@ -9,7 +9,6 @@ items.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,6 @@ from recsys.explain.attribution import METHODS
 from recsys.io import atomic_file, check_output_file
 from recsys.options import option
 from recsys.tracking import URI_HELP
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -49,7 +46,8 @@ class ExplainConfig:
 
 
 def run(cfg: ExplainConfig) -> dict[str, Any]:
-    """Explain; return ``table`` (polars, with titles where known) and ``text``."""
+    """Explain; return ``table`` (:meth:`Recommender.explain`'s, all events) and ``text``
+    (the ``top`` events per item, with titles where the vocabulary has them)."""
     from recsys.recommender import Recommender
 
     rec = Recommender.load(cfg.model, tracking_uri=cfg.tracking_uri)

@@ -138,8 +138,8 @@ class Recommender(BaseEstimator):
         for note in notes:
             log.info("derived from the data: %s", note)
         # What the options left unset became (scikit-learn keeps the parameters as given).
-        resolved = {**to_flat(cfg)}
-        self.derived_ = {name: resolved[name] for name in (n.split("=", 1)[0] for n in notes)}
+        given, used = self.get_params(), to_flat(cfg)
+        self.derived_ = {k: used[k] for k in given if given[k] is None and used[k] is not None}
         fitted = fit(cfg, data, make_trainer(cfg, data), extra_meta={"data": str(X)})
         self.history_ = fitted.history
         self.bundle_ = load_bundle(

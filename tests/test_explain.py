@@ -152,7 +152,8 @@ def test_bad_requests_are_named(successor_model):
 
 
 def test_faithfulness_measures():
-    from recsys.explain.faithfulness import pack, random_order, recent_first, summary
+    from recsys.explain.attribution import pack
+    from recsys.explain.faithfulness import random_order, recent_first, summary
     from recsys.models.sasrec import SASRec, SASRecConfig
 
     window = torch.tensor([[0, 0, 5, 6, 7], [1, 2, 3, 4, 5]])

@@ -101,12 +101,9 @@ def explanation_frame(
     """The long table: per user and explained item (in the given order), its history
     events by contribution (largest first; the ``top`` largest when given), then the repeat
     term's row (``history_item_id`` null, ``source`` ``repeat``)."""
-    B, M, T = ex.contributions.shape
-    real = np.broadcast_to(ex.window[:, None, :] != 0, (B, M, T)) & (ex.items[:, :, None] > 0)
-    order = np.argsort(np.where(real, -ex.contributions, np.inf), axis=2, kind="stable")
-    if top is not None:
-        order = order[:, :, :top]
-    b, j, c = np.nonzero(np.take_along_axis(real, order, 2))
+    _, M, T = ex.contributions.shape
+    order, real = _strongest(ex, T if top is None else top)
+    b, j, c = np.nonzero(real & (ex.items[:, :, None] > 0))
     t = order[b, j, c]
     item_ids = bundle.item_ids
     parts = {
@@ -142,10 +139,7 @@ def reasons(bundle: Bundle, ex: Explained, n: int) -> tuple[pl.Series, pl.Series
     history events with the largest contributions, largest first, and those
     contributions, as two list columns (``because``, ``because_weight``)."""
     B, M, T = ex.contributions.shape
-    real = ex.window[:, None, :] != 0  # (B, 1, T)
-    key = np.where(real, -ex.contributions, np.inf)
-    order = np.argsort(key, axis=2, kind="stable")[:, :, :n]  # (B, M, n)
-    kept = np.take_along_axis(np.broadcast_to(real, (B, M, T)), order, 2)
+    order, kept = _strongest(ex, n)
     events = np.take_along_axis(np.broadcast_to(ex.window[:, None, :], (B, M, T)), order, 2)
     ids = np.where(kept, bundle.item_ids[events], None).reshape(B * M, -1)
     weights = np.where(kept, np.take_along_axis(ex.contributions, order, 2), np.nan)
@@ -163,6 +157,16 @@ def reasons(bundle: Bundle, ex: Explained, n: int) -> tuple[pl.Series, pl.Series
         .list.drop_nulls()
     )
     return because, weight
+
+
+def _strongest(ex: Explained, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Window positions (B, M, n) of each item's ``n`` largest contributions, largest
+    first, and whether each is a real event (not padding)."""
+    B, M, T = ex.contributions.shape
+    real = np.broadcast_to(ex.window[:, None, :] != 0, (B, M, T))
+    order = np.argsort(np.where(real, -ex.contributions, np.inf), axis=2, kind="stable")
+    order = order[:, :, :n]
+    return order, np.take_along_axis(real, order, 2)
 
 
 _SCHEMA_BASE = {k: v for k, v in EXPLANATION_SCHEMA.items() if k not in ("method", "source")}

@@ -39,6 +39,24 @@ def trim(window: torch.Tensor) -> torch.Tensor:
     return window[:, int(real[0]) :] if len(real) else window[:, -1:]
 
 
+def pack(window: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """The kept events (B, T) of windows (B, T), in order and left-padded again: removed
+    events leave no gap, as if the user had never had them."""
+    T = window.shape[1]
+    keep = keep & (window != 0)
+    later = keep.flip(1).cumsum(1).flip(1)  # kept events at or after each position
+    dest = torch.where(keep, T - later, T)  # a dropped event goes to a spill column
+    out = torch.zeros(window.shape[0], T + 1, dtype=window.dtype)
+    out.scatter_(1, dest, torch.where(keep, window, 0))
+    return out[:, :T]
+
+
+def user_states(model: SASRec, windows: torch.Tensor) -> torch.Tensor:
+    """User states (N, d) of many windows (N, T), run :data:`TOKENS` positions at a time."""
+    rows = max(1, TOKENS // windows.shape[1])
+    return torch.cat([model.user_repr(windows[i : i + rows]) for i in range(0, len(windows), rows)])
+
+
 def attribute(
     model: SASRec, window: torch.Tensor, items: torch.Tensor, method: str
 ) -> torch.Tensor:
@@ -87,14 +105,9 @@ def _attention(model: SASRec, window: torch.Tensor, items: torch.Tensor) -> torc
 def _occlusion(model: SASRec, window: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
     B, T = window.shape
     full = item_scores(model, model.user_repr(window), items)  # (B, M)
-    # Variant t drops position t: position s reads s - 1 at or before t, s after it.
-    s = torch.arange(T)[None, :]  # (1, T)
-    t = torch.arange(T)[:, None]  # (T, 1)
-    src = torch.where(s <= t, s - 1, s)  # (T, T)
-    variants = window[:, src.clamp(min=0)].masked_fill(src < 0, 0)  # (B, T, T)
-    flat = variants.reshape(B * T, T)
-    rows = max(1, TOKENS // T)
-    h = torch.cat([model.user_repr(flat[lo : lo + rows]) for lo in range(0, B * T, rows)])
+    # Variant t of a window drops its position t: row b * T + t.
+    keep = ~torch.eye(T, dtype=torch.bool).repeat(B, 1)  # (B * T, T)
+    h = user_states(model, pack(window.repeat_interleave(T, dim=0), keep))
     dropped = item_scores(model, h, items.repeat_interleave(T, dim=0))  # (B * T, M): row b * T + t
     drop = full[:, None, :] - dropped.view(B, T, -1)  # (B, T, M)
     return (drop * (window != 0)[:, :, None]).transpose(1, 2).contiguous()  # (B, M, T)

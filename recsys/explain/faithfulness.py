@@ -25,20 +25,9 @@ import torch
 
 from recsys.bundle import Bundle
 from recsys.data.dataset import pad_left
-from recsys.explain.attribution import METHODS, TOKENS, attribute, item_scores, trim
+from recsys.explain.attribution import METHODS, attribute, item_scores, pack, trim, user_states
 from recsys.models.sasrec import SASRec
 from recsys.scoring import score_chunk
-
-
-def pack(window: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """The kept events (B, T) of windows (B, T), in order and left-padded again."""
-    T = window.shape[1]
-    keep = keep & (window != 0)
-    later = keep.flip(1).cumsum(1).flip(1)  # kept events at or after each position
-    dest = torch.where(keep, T - later, T)  # a dropped event goes to a spill column
-    out = torch.zeros(window.shape[0], T + 1, dtype=window.dtype)
-    out.scatter_(1, dest, torch.where(keep, window, 0))
-    return out[:, :T]
 
 
 def orders_by(contributions: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
@@ -70,11 +59,12 @@ def scores_after(
     order: torch.Tensor,
     counts: torch.Tensor,
     keep_first: bool,
-    ranks: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    rank_first: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Scores (B, K) of items (B,) after removing (``keep_first=False``) or keeping only
-    (True) the first ``counts`` (B, K) events of ``order`` (B, T); with ``ranks`` also each
-    item's 0-based rank (B, K) then among all items not in the user's window."""
+    (True) the first ``counts`` (B, K) events of ``order`` (B, T), and for the first
+    ``rank_first`` columns each item's 0-based rank (B, rank_first) then, among all items
+    not in the user's window."""
     B, T = window.shape
     K = counts.shape[1]
     rank = torch.empty_like(order)
@@ -82,22 +72,21 @@ def scores_after(
     first = rank[:, None, :] < counts[:, :, None]  # (B, K, T): within the first count
     keep = first if keep_first else ~first
     variants = pack(window[:, None, :].expand(B, K, T).reshape(-1, T), keep.reshape(-1, T))
-    rows = max(1, TOKENS // T)
-    h = torch.cat([model.user_repr(variants[i : i + rows]) for i in range(0, len(variants), rows)])
-    targets = items.repeat_interleave(K)[:, None]  # (B * K, 1)
-    scores = item_scores(model, h, targets)[:, 0]  # (B * K,)
-    if not ranks:
-        return scores.view(B, K)
+    h = user_states(model, variants).view(B, K, -1)  # (B, K, d)
+    scores = item_scores(model, h.reshape(B * K, -1), items.repeat_interleave(K)[:, None])
+    scores = scores.view(B, K)
+    R = rank_first
+    h, target = h[:, :R].reshape(B * R, h.shape[-1]), scores[:, :R].reshape(-1)  # (B * R, .)
     vecs = model.output_items().detach()
-    seen = window.repeat_interleave(K, dim=0)  # (B * K, T): items never ranked
-    ahead = torch.zeros(B * K, dtype=torch.long)
+    seen = window.repeat_interleave(R, dim=0)  # (B * R, T): items never ranked
+    ahead = torch.zeros(B * R, dtype=torch.long)
     step = max(1, (1 << 22) // vecs.shape[0])  # rows of full scores held at once
-    for lo in range(0, B * K, step):
-        full = h[lo : lo + step] @ vecs.T  # (R, I + 1)
+    for lo in range(0, B * R, step):
+        full = h[lo : lo + step] @ vecs.T  # (rows, I + 1)
         full[:, 0] = float("-inf")
         full.scatter_(1, seen[lo : lo + step], float("-inf"))
-        ahead[lo : lo + step] = (full > scores[lo : lo + step, None]).sum(1)
-    return scores.view(B, K), ahead.view(B, K)
+        ahead[lo : lo + step] = (full > target[lo : lo + step, None]).sum(1)
+    return scores, ahead.view(B, R)
 
 
 def summary(
@@ -115,9 +104,9 @@ def summary(
     at_k = torch.minimum(n, torch.tensor([[0, *ks]]))  # (B, 1 + len(ks))
     fractions = torch.linspace(0, 1, DELETION_POINTS)[None, :]
     curve = torch.round(fractions * n).long()  # (B, points)
-    removed = scores_after(model, window, items, order, torch.cat([at_k, curve], 1), False)
-    kept = scores_after(model, window, items, order, at_k[:, 1:], True)
-    _, rank = scores_after(model, window, items, order, at_k, False, ranks=True)
+    counts = torch.cat([at_k, curve], 1)
+    removed, rank = scores_after(model, window, items, order, counts, False, at_k.shape[1])
+    kept, _ = scores_after(model, window, items, order, at_k[:, 1:], True)
     full = removed[:, 0]
     out = {}
     for i, k in enumerate(ks):
