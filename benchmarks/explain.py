@@ -43,19 +43,17 @@ def main() -> int:
     if args.cost:
         return cost(args.model)
     from recsys.bundle import load_bundle, resolve_model
-    from recsys.data.dataset import gather_ragged
     from recsys.evaluation.metrics import bootstrap_ci
     from recsys.explain.attribution import METHODS
     from recsys.explain.faithfulness import measure
 
     bundle = load_bundle(resolve_model(args.model))
-    flat, offsets = bundle.histories()
-    n_users = len(offsets) - 1
+    n_users = bundle.user_vocab.height
     rng = np.random.default_rng(args.seed)
     users = np.arange(1, n_users + 1)
     if args.users and args.users < n_users:
         users = np.sort(rng.choice(users, args.users, replace=False))
-    h, h_off = gather_ragged(flat, offsets[users - 1], offsets[users])
+    h, h_off = bundle.histories_of(users)
     results, seconds = measure(bundle, h, h_off, args.seed)
     lengths = np.minimum(np.diff(h_off), bundle.scorer.max_len)
     print(

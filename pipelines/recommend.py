@@ -28,7 +28,6 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from recsys.bundle import Bundle, load_bundle, resolve_model
-from recsys.data.dataset import gather_ragged
 from recsys.data.readers import LIBRARY_ERRORS, library_message
 from recsys.explain import DEFAULT_METHOD, explain_chunk, reasons
 from recsys.explain.attribution import METHODS
@@ -202,7 +201,6 @@ def run(cfg: RecommendConfig) -> dict[str, Any]:
     (out / MANIFEST).unlink(missing_ok=True)  # the job is not finished until rewritten
     _write_meta(out / JOB, job)
 
-    flat, offsets = bundle.histories()
     chunks = range(0, len(users), cfg.chunk_users)
     bar = tqdm(total=len(users), desc="recommend", unit="user", disable=not cfg.progress)
     rows = written = 0
@@ -213,7 +211,7 @@ def run(cfg: RecommendConfig) -> dict[str, Any]:
             rows += pl.scan_parquet(path).select(pl.len()).collect().item()
             bar.update(len(u))
             continue
-        h, h_off = gather_ragged(flat, offsets[u - 1], offsets[u])
+        h, h_off = bundle.histories_of(u)
         items, scores = score_chunk(bundle, h, h_off, cfg.k, exclude_seen=not cfg.include_seen)
         df = results_frame(bundle, raw_ids[lo : lo + cfg.chunk_users], items, scores)
         if cfg.explain:

@@ -24,7 +24,7 @@ import pandas as pd
 import polars as pl
 import torch
 
-from recsys.data.dataset import SequenceData, list_column_to_ragged
+from recsys.data.dataset import SequenceData, gather_ragged, list_column_to_ragged
 from recsys.data.prepare import SEQUENCES_PART
 from recsys.io import (
     atomic_dir,
@@ -116,6 +116,11 @@ class Bundle:
         else:
             pos = index.get_indexer(raw)
         return np.where(pos >= 0, idx[pos], 0), raw[pos < 0].tolist()
+
+    def histories_of(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Known users' (``user_idx`` > 0) whole histories, in order, as ``(flat, offsets)``."""
+        flat, offsets = self.histories()
+        return gather_ragged(flat, offsets[users - 1], offsets[users])
 
     def histories(self) -> tuple[np.ndarray, np.ndarray]:
         """Every known user's whole history as ``(flat item_idx, offsets)``, by user_idx.

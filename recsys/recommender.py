@@ -27,7 +27,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
 from recsys.bundle import Bundle, load_bundle, resolve_model, save_bundle
-from recsys.data.dataset import SequenceData, gather_ragged
+from recsys.data.dataset import SequenceData
 from recsys.explain import (
     DEFAULT_METHOD,
     EXPLANATION_SCHEMA,
@@ -236,11 +236,10 @@ class Recommender(BaseEstimator):
         self._check_k(k)
         user_ids = [str(u) for u in user_ids]  # any iterable, once
         users = self._user_idx(user_ids)
-        flat, offsets = self.bundle.histories()
         parts = []
         for lo in range(0, len(users), batch_size):
             u = users[lo : lo + batch_size]
-            h, h_off = gather_ragged(flat, offsets[u - 1], offsets[u])
+            h, h_off = self.bundle.histories_of(u)
             ex = self._exclusions(exclude_items, len(u))
             items, scores = score_chunk(self.bundle, h, h_off, k, exclude_seen, ex)
             parts.append(results_frame(self.bundle, user_ids[lo : lo + batch_size], items, scores))
@@ -318,11 +317,10 @@ class Recommender(BaseEstimator):
         known, method = self._explain_args(items, k, method, top)
         user_ids = [str(u) for u in user_ids]
         users = self._user_idx(user_ids)
-        flat, offsets = self.bundle.histories()
         parts = []
         for lo in range(0, len(users), batch_size):
             u = users[lo : lo + batch_size]
-            h, h_off = gather_ragged(flat, offsets[u - 1], offsets[u])
+            h, h_off = self.bundle.histories_of(u)
             cands = None if known is None else np.broadcast_to(known, (len(u), len(known)))
             ex = explain_chunk(self.bundle, h, h_off, cands, k, method)
             parts.append(explanation_frame(self.bundle, user_ids[lo : lo + batch_size], ex, top))
@@ -355,8 +353,7 @@ class Recommender(BaseEstimator):
         known, missing = self._item_idx(item_ids)
         if missing:
             raise ValueError(f"unknown item ID(s) to score, e.g. {missing[:5]}")
-        flat, offsets = self.bundle.histories()
-        h, h_off = gather_ragged(flat, offsets[u - 1 : u], offsets[u : u + 1])
+        h, h_off = self.bundle.histories_of(np.array([u]))
         scores = score_items(self.bundle, h, h_off, known[None, :])[0]
         out = pl.DataFrame(
             {"item_id": [str(i) for i in item_ids], "score": scores},

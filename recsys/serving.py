@@ -234,8 +234,7 @@ class RecsysModel(mlflow.pyfunc.PythonModel):
 
         # Every row's history (a known user's stored one, or the request's known items) as a
         # range of one array, in request order.
-        flat, offsets = bundle.histories()
-        stored, stored_off = gather_ragged(flat, offsets[user_idx - 1], offsets[user_idx])
+        stored, stored_off = bundle.histories_of(user_idx)
         values = np.concatenate([stored, item_idx[known]])
         own_off = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(known_per_row, out=own_off[1:])
