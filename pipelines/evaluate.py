@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from recsys import allocation
 from recsys.bundle import load_bundle, resolve_model
 from recsys.data.dataset import SequenceData, gather_ragged
 from recsys.evaluation.evaluate import PROTOCOLS, EvalConfig, evaluate
@@ -43,6 +44,12 @@ class EvaluateJobConfig:
         "most-recent baselines)",
     )
     explain_users: int = option(2000, "users sampled for --explain (0: all)")
+    rerank: str | None = option(
+        None,
+        "measure re-ranked lists: a re-ranking config (TOML, README: Re-ranking); 'none': "
+        "the model's own ranking",
+        default_text="the config stored with the model, if any",
+    )
     log: bool = option(True, "log an evaluation run to MLflow")
     progress: bool = option(True, "progress bars")
 
@@ -68,13 +75,20 @@ def run(cfg: EvaluateJobConfig) -> dict[str, Any]:
     eval_cfg = eval_cfg.within(data.num_items)
     if cfg.log:  # before evaluating: a tracking server that is down fails at once
         setup(cfg.experiment or info["dataset_name"], cfg.tracking_uri)
-    res = evaluate(bundle.scorer, data, cfg.stage, eval_cfg, progress=cfg.progress)
+    plan = allocation.plan_for(bundle, cfg.rerank)
+    if plan is not None:
+        plan.check_k(max(eval_cfg.ks))
+    res = evaluate(
+        bundle.scorer, data, cfg.stage, eval_cfg, progress=cfg.progress,
+        features=bundle.features, rerank=plan,
+    )  # fmt: skip
     out: dict[str, Any] = {
         "model": cfg.model,
         **res.describe(),
         **info,
         "protocol": protocol_label(res.exclude_seen, res.protocol),
         "metrics": res.flat(),
+        "rerank": None if plan is None else plan.cfg.to_dict(),
     }
     faithfulness = None
     if cfg.explain:
@@ -82,7 +96,7 @@ def run(cfg: EvaluateJobConfig) -> dict[str, Any]:
         out["explain"] = faithfulness["metrics"]
     if cfg.log:
         with mlflow.start_run(run_name=f"evaluate {bundle.meta['kind']}") as active:
-            log_params({**to_flat(cfg), **info})
+            log_params({**to_flat(cfg), **info, **({} if plan is None else plan.cfg.flat())})
             mlflow.set_tags({"kind": "evaluation", "evaluated_model": cfg.model})
             log_eval_result(res)
             if faithfulness is not None:

@@ -25,8 +25,11 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
+import torch
 from tqdm.auto import tqdm
 
+from recsys import allocation
+from recsys.allocation import exposure
 from recsys.bundle import Bundle, load_bundle, resolve_model
 from recsys.data.readers import LIBRARY_ERRORS, library_message
 from recsys.explain import DEFAULT_METHOD, explain_chunk, reasons
@@ -39,7 +42,8 @@ from recsys.tracking import URI_HELP
 log = logging.getLogger(__name__)
 
 JOB, MANIFEST = "_job.parquet", "_manifest.parquet"
-OWNED = ("part-*.parquet", JOB, MANIFEST)  # every file the job writes
+EXPOSURE = "_exposure.parquet"  # proportional exposure: every item's lists, from a first pass
+OWNED = ("part-*.parquet", JOB, MANIFEST, EXPOSURE)  # every file the job writes
 META_KEY = b"recsys"  # the Parquet key-value metadata entry holding the JSON
 
 
@@ -62,6 +66,12 @@ class RecommendConfig:
     )
     explain_method: str = option(
         DEFAULT_METHOD, "how --explain computes contributions", choices=METHODS
+    )
+    rerank: str | None = option(
+        None,
+        "re-ranking config (TOML): diversity, calibration, exposure budgets across the "
+        "job, business rules (README: Re-ranking); 'none': the model's own ranking",
+        default_text="the config stored with the model, if any",
     )
     tracking_uri: str | None = option(
         None,
@@ -164,6 +174,39 @@ def _users(bundle: Bundle, spec: str) -> tuple[np.ndarray, np.ndarray]:
     return idx, ids.to_numpy()
 
 
+def _budget(
+    bundle: Bundle,
+    plan: allocation.Plan,
+    cfg: RecommendConfig,
+    out: Path,
+    users: np.ndarray,
+    chunks: range,
+) -> Any:
+    """The job's exposure budget before its first part (None without exposure rules).
+
+    Proportional exposure needs every user's candidates first: that pass's result (each
+    item's lists) is kept in ``_exposure.parquet``, so a resumed job spends the same
+    budget without scoring everyone again.
+    """
+    if not allocation.needs_merit(plan):
+        return allocation.start_budget(plan, len(users), cfg.k)
+    kept = _read_meta(out / EXPOSURE)
+    if kept is not None and len(kept.get("lists", [])) == bundle.num_items + 1:
+        return torch.tensor(kept["lists"], dtype=torch.long)
+    merit = torch.zeros(bundle.num_items + 1, dtype=torch.float64)
+    bar = tqdm(total=len(users), desc="merit", unit="user", disable=not cfg.progress)
+    for lo in chunks:
+        u = users[lo : lo + cfg.chunk_users]
+        h, h_off = bundle.histories_of(u)
+        cand, scores, _ = allocation.candidates(bundle, plan, h, h_off, cfg.k, not cfg.include_seen)
+        merit += exposure.merit(cand, scores, bundle.num_items)
+        bar.update(len(u))
+    bar.close()
+    budget = allocation.start_budget(plan, len(users), cfg.k, merit)
+    _write_meta(out / EXPOSURE, {"lists": budget.tolist()})
+    return budget
+
+
 def run(cfg: RecommendConfig) -> dict[str, Any]:
     """Write (or finish writing) the recommendations; return the manifest."""
     out = Path(cfg.output)
@@ -177,6 +220,9 @@ def run(cfg: RecommendConfig) -> dict[str, Any]:
     if cfg.k > bundle.num_items:
         raise ValueError(f"k={cfg.k} exceeds the catalogue size {bundle.num_items}")
     users, raw_ids = _users(bundle, cfg.users)
+    plan = allocation.plan_for(bundle, cfg.rerank)
+    if plan is not None:
+        plan.check_k(cfg.k)
     job = {
         "model": cfg.model,
         "weights_sha256": sha256_file(bundle.path / "weights.pt"),
@@ -187,7 +233,10 @@ def run(cfg: RecommendConfig) -> dict[str, Any]:
         "chunk_users": cfg.chunk_users,
         "explain": cfg.explain,
         "explain_method": cfg.explain_method,
+        "rerank": None if plan is None else plan.cfg.to_dict(),
     }
+    # The JSON round trip makes dates text, as they are in a stored _job.parquet.
+    job = json.loads(json.dumps(job, default=str))
     if (out / JOB).is_file():
         previous = _read_meta(out / JOB)
         if previous != job:
@@ -202,17 +251,28 @@ def run(cfg: RecommendConfig) -> dict[str, Any]:
     _write_meta(out / JOB, job)
 
     chunks = range(0, len(users), cfg.chunk_users)
+    budget = None if plan is None else _budget(bundle, plan, cfg, out, users, chunks)
     bar = tqdm(total=len(users), desc="recommend", unit="user", disable=not cfg.progress)
-    rows = written = 0
+    rows = written = short = 0
     for part, lo in enumerate(chunks):
         path = out / f"part-{part:05d}.parquet"
         u = users[lo : lo + cfg.chunk_users]
         if path.is_file():  # finished by an earlier, interrupted run
-            rows += pl.scan_parquet(path).select(pl.len()).collect().item()
+            done = pl.read_parquet(path, columns=["item_id"])["item_id"]
+            if budget is not None:  # what those lists took, as the first run spent it
+                exposure.spend(budget, bundle.item_indices(done)[0], [i for i, _ in plan.pins])
+            rows += done.len()
             bar.update(len(u))
             continue
         h, h_off = bundle.histories_of(u)
-        items, scores = score_chunk(bundle, h, h_off, cfg.k, exclude_seen=not cfg.include_seen)
+        if plan is None:
+            items, scores = score_chunk(bundle, h, h_off, cfg.k, exclude_seen=not cfg.include_seen)
+        else:
+            ids = raw_ids[lo : lo + cfg.chunk_users]
+            items, scores = allocation.rerank_chunk(
+                bundle, plan, h, h_off, cfg.k, not cfg.include_seen, None, budget, ids
+            )
+            short += int((items == 0).any(1).sum())
         df = results_frame(bundle, raw_ids[lo : lo + cfg.chunk_users], items, scores)
         if cfg.explain:
             ex = explain_chunk(bundle, h, h_off, items, method=cfg.explain_method)
@@ -225,6 +285,13 @@ def run(cfg: RecommendConfig) -> dict[str, Any]:
         written += 1
         bar.update(len(u))
     bar.close()
+    if short:
+        log.warning(
+            "%d users got fewer than %d items: the re-ranking left no allowed candidate "
+            "(exposure caps, rules); raise candidates in the config to fill them",
+            short,
+            cfg.k,
+        )
     manifest = {
         **job,
         "parts": len(chunks),

@@ -5,6 +5,12 @@ Run it as ``recsys sweep --data DIR --experiment NAME --grid loss=ce,bce max_len
 [--seeds 1,2]``. Each child is a normal training run (everything logged). A child that
 fails is recorded as failed and the sweep goes on. Re-running the same sweep reuses its
 parent run and skips the children already finished with the same config.
+
+Re-ranking values sweep too: ``--grid rerank.diversity.lambda=1,0.9,0.7`` (on top of
+``--set rerank=FILE``, or of no re-ranking). Children that differ only in ``rerank.*``
+share one trained model: the first trains it, the others are runs tagged
+``kind=reranked`` that evaluate that model's test lists with their re-ranking (same
+params, metrics and per-user artifacts, so ``recsys compare`` sets them side by side).
 """
 
 from __future__ import annotations
@@ -19,13 +25,17 @@ from sklearn.model_selection import ParameterGrid, ParameterSampler
 
 from pipelines.train import TrainJobConfig
 from pipelines.train import run as train
+from recsys.allocation.config import RerankConfig
 from recsys.options import from_flat, option, parse_value
 from recsys.tracking import URI_HELP
 
 log = logging.getLogger(__name__)
 
 # Options a child cannot sweep or set: the sweep fixes them for all its children.
-FIXED = {"data", "experiment", "tracking_uri", "parent_run_id", "sweep_key", "output", "resume"}
+FIXED = {
+    "data", "experiment", "tracking_uri", "parent_run_id", "sweep_key", "train_key", "output",
+    "resume",
+}  # fmt: skip
 
 
 @dataclass
@@ -47,19 +57,41 @@ class SweepConfig:
     progress: bool = option(False, "progress bars")
 
 
+RERANK = "rerank."  # prefix of re-ranking values (``rerank.diversity.lambda``)
+
+
 def parse_pairs(items: list[str], many: bool) -> dict[str, list[Any]]:
-    """``["loss=ce,bce"]`` → ``{"loss": ["ce", "bce"]}``, each value typed as its option."""
+    """``["loss=ce,bce"]`` → ``{"loss": ["ce", "bce"]}``, each value typed as its option;
+    ``rerank.*`` values are checked against the re-ranking config."""
     out: dict[str, list[Any]] = {}
     for item in items:
         name, sep, values = item.partition("=")
         if not sep or not values:
             raise ValueError(f"{item!r}: expected name=value{',value...' if many else ''}")
-        name = name.strip().replace("-", "_")
+        name = name.strip()
+        raw = [v.strip() for v in values.split(",")] if many else [values.strip()]
+        if name.startswith(RERANK):
+            for v in raw:  # fails now, not after the first child trained
+                RerankConfig().with_overrides({name.removeprefix(RERANK): v})
+            out[name] = raw
+            continue
+        name = name.replace("-", "_")
         if name in FIXED:
             raise ValueError(f"cannot sweep or set {name!r}: the sweep sets it for every child")
-        raw = values.split(",") if many else [values]
-        out[name] = [parse_value(TrainJobConfig, name, v.strip()) for v in raw]
+        out[name] = [parse_value(TrainJobConfig, name, v) for v in raw]
     return out
+
+
+def _split(values: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """Training options, and the re-ranking config (JSON) that ``rerank``/``rerank.*``
+    values give (None without any)."""
+    train = {k: v for k, v in values.items() if not k.startswith(RERANK)}
+    dotted = {k.removeprefix(RERANK): v for k, v in values.items() if k.startswith(RERANK)}
+    if not dotted:
+        return train, train.pop("rerank", None)
+    base = train.pop("rerank", None)
+    cfg = RerankConfig.load(base) if base else RerankConfig()
+    return train, cfg.with_overrides(dotted).to_json()
 
 
 def combinations(cfg: SweepConfig) -> list[dict[str, Any]]:
@@ -113,25 +145,40 @@ def run(cfg: SweepConfig) -> dict[str, Any]:
     children = client.search_runs(
         [exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'"
     )
-    done = {c.data.tags.get("sweep_key") for c in children if c.info.status == "FINISHED"}
+    finished = [c for c in children if c.info.status == "FINISHED"]
+    done = {c.data.tags.get("sweep_key") for c in finished}
+    # Trained models by their training options alone: re-ranking values reuse them.
+    models = {
+        c.data.tags["train_key"]: c.info.run_id
+        for c in finished
+        if "train_key" in c.data.tags and c.data.tags.get("kind") != "reranked"
+    }
     outcomes = []
     for overrides in combos:
         key = _key({**shared, **overrides})
         if key in done:
             outcomes.append({**overrides, "status": "skipped (finished before)"})
             continue
+        options, rerank = _split({**shared, **overrides})
+        train_key = _key(options)
         values = {
             "data": cfg.data,
             "experiment": cfg.experiment,
             "progress": cfg.progress,
             "tracking_uri": cfg.tracking_uri,
-            **shared,
-            **overrides,
+            **options,
+            "rerank": rerank,
             "parent_run_id": parent_id,
             "sweep_key": key,
+            "train_key": train_key,
         }
         try:
-            out = train(from_flat(TrainJobConfig, values, source="sweep"))
+            job = from_flat(TrainJobConfig, values, source="sweep")
+            if train_key in models:
+                out = _reranked_child(job, models[train_key])
+            else:
+                out = train(job)
+                models[train_key] = out["run_id"]
             outcomes.append(
                 {
                     **overrides,
@@ -148,6 +195,46 @@ def run(cfg: SweepConfig) -> dict[str, Any]:
     failed = sum(o["status"].startswith("failed") for o in outcomes)
     client.set_terminated(parent_id, status="FAILED" if failed == len(outcomes) else "FINISHED")
     return {"parent_run_id": parent_id, "children": outcomes, "failed": failed}
+
+
+def _reranked_child(job: TrainJobConfig, model_run_id: str) -> dict[str, Any]:
+    """A child run evaluating the model trained by ``model_run_id`` with ``job.rerank``:
+    the trained run's params and tags with this child's re-ranking, its test metrics."""
+    import mlflow
+
+    from recsys import allocation
+    from recsys.bundle import load_bundle, resolve_model
+    from recsys.data.dataset import SequenceData
+    from recsys.evaluation.evaluate import evaluate
+    from recsys.tracking import log_eval_result, log_params
+    from recsys.training.fit import eval_config
+
+    client = mlflow.MlflowClient()
+    trained = client.get_run(model_run_id)
+    bundle = load_bundle(resolve_model(model_run_id, job.tracking_uri))
+    data = SequenceData.load(job.data)
+    plan = allocation.plan_for(bundle, job.rerank or False)
+    eval_cfg = eval_config(job.fit, ks=tuple(job.eval_ks)).within(data.num_items)
+    res = evaluate(bundle.scorer, data, "test", eval_cfg, progress=job.fit.progress, rerank=plan)
+    keep = {"model", "dataset", "dataset_version", "split", "eval_protocol", "git_commit"}
+    tags = {k: v for k, v in trained.data.tags.items() if k in keep}
+    tags.update(
+        {
+            "mlflow.parentRunId": job.parent_run_id or "",
+            "sweep_key": job.sweep_key or "",
+            "train_key": job.train_key or "",
+            "kind": "reranked",
+            "model_run_id": model_run_id,
+        }
+    )
+    rerank_params = {"rerank": job.rerank or "none"}
+    if plan is not None:
+        rerank_params.update(plan.cfg.flat())
+    name = " ".join(f"{k.removeprefix('rerank.')}={v}" for k, v in rerank_params.items())
+    with mlflow.start_run(run_name=f"reranked {name}"[:250], tags=tags) as active:
+        log_params({**trained.data.params, **rerank_params})
+        log_eval_result(res)
+    return {"run_id": active.info.run_id, **res.flat(with_ci=False)}
 
 
 def _record_failure(

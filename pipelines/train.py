@@ -18,6 +18,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from recsys.allocation import ItemFeatures, RerankConfig, compile_plan
+from recsys.allocation.features import read_item_vocab
 from recsys.bundle import ARTIFACT_PATH, save_bundle
 from recsys.data.dataset import SequenceData
 from recsys.evaluation.evaluate import evaluate
@@ -66,7 +70,15 @@ class TrainJobConfig:
         "model registry name; each run adds a version",
         default_text="recsys-EXPERIMENT",
     )
+    rerank: str | None = option(
+        None,
+        "re-ranking config (TOML, README: Re-ranking) stored with the model: recommend, "
+        "the Python API and REST apply it unless told otherwise; the test metrics measure "
+        "the re-ranked lists",
+        default_text="none",
+    )
     parent_run_id: str | None = option(None, "the sweep's parent run", cli=False)
+    train_key: str | None = option(None, "a sweep child's training options", cli=False)
     sweep_key: str | None = option(None, "identifies a sweep child's config", cli=False)
 
     def __post_init__(self) -> None:
@@ -153,6 +165,18 @@ def run(cfg: TrainJobConfig) -> dict[str, Any]:
     experiment = safe_name(cfg.experiment or info["dataset_name"], "experiment name")
     register_name = safe_name(cfg.register_name or f"recsys-{experiment}", "register name")
     eval_cfg = eval_config(cfg.fit, ks=tuple(cfg.eval_ks)).within(data.num_items)
+    # Read and checked before training: a bad config fails now, not after an hour.
+    rerank_params: dict[str, Any] = {}
+    rerank = RerankConfig.load(cfg.rerank) if cfg.rerank else None
+    if rerank is not None:
+        rerank_params = rerank.flat()
+        if rerank.is_noop:  # the model's own lists: nothing to store or apply
+            rerank = None
+    if rerank is not None:
+        features = ItemFeatures.build(
+            read_item_vocab(data.path), torch.zeros(data.num_items + 1, 1)
+        )
+        compile_plan(rerank, features).check_k(max(eval_cfg.ks))
     setup(experiment, cfg.tracking_uri)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     # Runs started in the same second (a sweep's quick children) each get their own folder.
@@ -173,10 +197,12 @@ def run(cfg: TrainJobConfig) -> dict[str, Any]:
     tags = {}
     if cfg.parent_run_id:
         tags = {"mlflow.parentRunId": cfg.parent_run_id, "sweep_key": cfg.sweep_key or ""}
+        if cfg.train_key:
+            tags["train_key"] = cfg.train_key
     with mlflow.start_run(
         run_id=run_id, run_name=None if run_id else run_name, tags=tags or None
     ) as active:
-        log_params({**options, **info})
+        log_params({**options, **info, **rerank_params})
         mlflow.set_tags(
             {
                 "model": kind,
@@ -212,9 +238,17 @@ def run(cfg: TrainJobConfig) -> dict[str, Any]:
         protocols = [eval_cfg]
         if cfg.sampled_eval:
             protocols.append(dataclasses.replace(eval_cfg, protocol="sampled"))
+        plan = None
+        if rerank is not None:
+            with torch.no_grad():
+                features = ItemFeatures.build(read_item_vocab(data.path), scorer.item_vectors())
+            plan = compile_plan(rerank, features)
+            meta = {**meta, "rerank": rerank.to_dict()}
         for stage in ("valid", "test"):
             for pcfg in protocols:
-                res = evaluate(scorer, data, stage, pcfg, progress=cfg.fit.progress)
+                # The test lists are the ones served: re-ranked, when the model has a config.
+                use = plan if stage == "test" and pcfg.protocol == "full" else None
+                res = evaluate(scorer, data, stage, pcfg, progress=cfg.fit.progress, rerank=use)
                 log_eval_result(res, step=last_step)
                 metrics.update(res.flat())
         bundle = save_bundle(out / "bundle", kind, weights, data, meta)

@@ -68,6 +68,7 @@ class Bundle:
     _item_ids: np.ndarray | None = None
     _indexes: dict[str, tuple[Any, np.ndarray]] = field(default_factory=dict)
     _dicts: dict[str, dict[str, int]] = field(default_factory=dict)
+    _features: Any = None
 
     @property
     def dataset(self) -> dict[str, Any]:
@@ -94,6 +95,17 @@ class Bundle:
             ids[vocab["item_idx"].to_numpy()] = vocab["item_id"].to_numpy()
             self._item_ids = ids
         return self._item_ids
+
+    @property
+    def features(self) -> Any:
+        """The items' genres, unit embeddings and release dates
+        (:class:`recsys.allocation.features.ItemFeatures`), built once."""
+        if self._features is None:
+            from recsys.allocation.features import ItemFeatures
+
+            with torch.no_grad():
+                self._features = ItemFeatures.build(self.item_vocab, self.scorer.item_vectors())
+        return self._features
 
     def _lookup(self, kind: str, ids: Iterable[Any]) -> tuple[np.ndarray, list[str]]:
         # A hash index built once per bundle: a polars join per call cost about a

@@ -8,11 +8,16 @@ observed. With several runs against one baseline the p-values are Holm-corrected
 
 Runs evaluated on different data (dataset version, split, protocol) are refused unless
 ``allow_mixed`` is given: their numbers do not measure the same thing.
+
+With a second metric ``x`` (e.g. ``test_ild_at_10``) the report also plots the trade-off:
+the compared metric against ``x`` per run, with the Pareto-optimal runs joined.
 """
 
 from __future__ import annotations
 
+import re
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +32,21 @@ REPORT_FILES = (
     "comparison.png",
     "learning_curves.png",
     "metric_vs_time.png",
+    "frontier.png",  # only with a second metric x
 )
+# Runs of these kinds are not compared: an evaluation of another run's model, a sweep's
+# parent, a comparison report. Anything else carrying the metric is (training runs, and
+# sweep children of kind "reranked": a run's model evaluated with a re-ranking config).
+NOT_COMPARED = ("evaluation", "sweep", "comparison")
+# Whether more of a second metric (by its name without stage and cut-off) is better, for
+# the Pareto front; a metric not listed here counts as higher-is-better.
+HIGHER_IS_BETTER = {
+    "ild": True,
+    "novelty": True,
+    "coverage": True,
+    "exposure_gini": False,
+    "calibration_kl": False,
+}
 PROTOCOL_TAG = "eval_protocol"
 SKIP_PARAMS = {
     "output",
@@ -60,10 +79,63 @@ def _per_user_column(metric: str) -> tuple[str, str]:
     return stage, rest
 
 
+def x_metric_name(x: str, metric: str) -> str:
+    """The full name of a second metric: ``ild_at_10`` → ``test_ild_at_10`` for a test metric.
+
+    Parameters
+    ----------
+    x : str
+        The metric, with or without a ``valid_``/``test_`` prefix.
+    metric : str
+        The compared metric, whose stage an unprefixed ``x`` takes.
+
+    Returns
+    -------
+    str
+        ``x`` as logged in MLflow.
+    """
+    _per_user_column(metric)  # a metric with no stage has none to lend
+    if x.startswith(("valid_", "test_")):
+        return x
+    return f"{metric.partition('_')[0]}_{x}"
+
+
+def higher_is_better(x: str) -> bool:
+    """Whether more of ``x`` is better (:data:`HIGHER_IS_BETTER`, default True)."""
+    base = re.sub(r"_at_\d+$", "", x)
+    base = re.sub(r"^(valid|test)_(sampled_)?", "", base)
+    return HIGHER_IS_BETTER.get(base, True)
+
+
+def pareto_front(x: Sequence[float], y: Sequence[float], x_higher: bool = True) -> list[int]:
+    """Indices of the points no other point dominates, in order of increasing ``x``.
+
+    Higher ``y`` is better; higher ``x`` too unless ``x_higher`` is False. A point is
+    dominated by one at least as good on both and better on one; equal points are all kept.
+
+    Examples
+    --------
+    ``pareto_front([1, 2, 3], [3, 2, 1])`` → ``[0, 1, 2]``;
+    ``pareto_front([1, 2, 3], [3, 2, 1], x_higher=False)`` → ``[0]``.
+    """
+    sign = 1.0 if x_higher else -1.0
+    pts = [(sign * float(a), float(b)) for a, b in zip(x, y, strict=True)]
+    front = [
+        i
+        for i, (a, b) in enumerate(pts)
+        if not any(c >= a and d >= b and (c > a or d > b) for c, d in pts)
+    ]
+    return sorted(front, key=lambda i: (float(x[i]), float(y[i])))
+
+
 def load_runs(
     experiment: str, run_ids: list[str] | None = None, tracking_uri: str | None = None
 ) -> list[RunInfo]:
-    """Finished training runs of ``experiment`` (or the given run ids, by prefix)."""
+    """Finished runs of ``experiment`` to compare (or the given run ids, by prefix).
+
+    Training runs and any other kind but those in :data:`NOT_COMPARED` (e.g. ``reranked``
+    sweep children) are compared.
+    """
     import mlflow
 
     from recsys.tracking import check_reachable, resolve_uri
@@ -78,8 +150,7 @@ def load_runs(
     runs = [
         r
         for r in runs
-        if r.info.status == "FINISHED"
-        and r.data.tags.get("kind") not in ("evaluation", "sweep", "comparison")
+        if r.info.status == "FINISHED" and r.data.tags.get("kind") not in NOT_COMPARED
     ]
     if run_ids:
         chosen = []
@@ -161,25 +232,31 @@ def compare(
     tracking_uri: str | None = None,
     reps: int = 2000,
     seed: int = 0,
+    x: str | None = None,
 ) -> pl.DataFrame:
     """One row per run: differing params, the metric with its 95% CI, training time and,
     against ``baseline`` (default: the first run), the difference, its paired-bootstrap
     p-value, the Holm-adjusted p-value and whether it is significant at 0.05.
 
+    With a second metric ``x`` (stage prefix optional, see :func:`x_metric_name`) the
+    table also has columns ``x``, ``x_ci_low`` and ``x_ci_high`` (null without a CI).
+
     Raises
     ------
     ValueError
-        Unknown experiment or run, a metric the runs lack, or runs evaluated on different
-        data or protocols (unless ``allow_mixed``).
+        Unknown experiment or run, a metric (or ``x``) the runs lack, or runs evaluated on
+        different data or protocols (unless ``allow_mixed``).
     """
     infos = load_runs(experiment, runs, tracking_uri)
     if len(infos) < 2:
         raise ValueError(f"experiment {experiment!r}: need at least 2 finished runs to compare")
     if not allow_mixed:
         check_comparable(infos)
-    missing = [r.run_id[:8] for r in infos if metric not in r.metrics]
-    if missing:
-        raise ValueError(f"runs {missing} have no metric {metric!r}")
+    x = x_metric_name(x, metric) if x else None
+    for name in (metric, x) if x else (metric,):
+        missing = [r.run_id[:8] for r in infos if name not in r.metrics]
+        if missing:
+            raise ValueError(f"runs {missing} have no metric {name!r}")
     base = infos[0]
     if baseline:
         base = next((r for r in infos if r.run_id.startswith(baseline)), None)
@@ -202,6 +279,12 @@ def compare(
             "train_seconds": r.metrics.get("train_seconds"),
             "baseline": r is base,
         }
+        if x:
+            row.update(
+                x=r.metrics[x],
+                x_ci_low=r.metrics.get(f"{x}_ci_low"),
+                x_ci_high=r.metrics.get(f"{x}_ci_high"),
+            )
         if r is base:
             row.update(diff=0.0, p_value=None)
         else:
@@ -221,26 +304,38 @@ def compare(
     for i, row in enumerate(rows):
         row["p_holm"] = adjusted[tested.index(i)] if i in tested else None
         row["significant"] = row["p_holm"] is not None and row["p_holm"] < 0.05
-    return pl.DataFrame(rows)
+    # Float columns even where every run lacks a value (e.g. x_ci_low of exposure_gini).
+    schema = {
+        c: pl.Float64 for c in ("ci_low", "ci_high", "train_seconds", "x_ci_low", "x_ci_high")
+    }
+    return pl.DataFrame(rows, schema_overrides={c: t for c, t in schema.items() if c in rows[0]})
 
 
-def to_markdown(table: pl.DataFrame, metric: str) -> str:
-    """A Markdown table of :func:`compare`'s result."""
+def to_markdown(table: pl.DataFrame, metric: str, x: str | None = None) -> str:
+    """A Markdown table of :func:`compare`'s result (with ``x``: its column too)."""
 
     def f(v: Any, fmt: str) -> str:
         return "" if v is None else format(v, fmt)
 
+    def with_ci(value: float, low: float | None, high: float | None) -> str:
+        if low is None and high is None:
+            return f"{value:.4f}"
+        return f"{value:.4f} ({f(low, '.4f')}-{f(high, '.4f')})"
+
+    x_head, x_rule = (f" {x} (95% CI) |", " --- |") if x else ("", "")
     lines = [
-        f"| run | name | params | {metric} (95% CI) | train s | diff vs baseline | p | p (Holm) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"| run | name | params | {metric} (95% CI) |{x_head} train s | diff vs baseline | p "
+        "| p (Holm) |",
+        f"| --- | --- | --- | --- |{x_rule} --- | --- | --- | --- |",
     ]
     for r in table.iter_rows(named=True):
         mark = " (baseline)" if r["baseline"] else (" *" if r["significant"] else "")
         ci = f"{f(r['ci_low'], '.4f')}-{f(r['ci_high'], '.4f')}"
+        x_cell = f" {with_ci(r['x'], r['x_ci_low'], r['x_ci_high'])} |" if x else ""
         lines.append(
-            f"| {r['run']}{mark} | {r['name']} | {r['params']} | {r[metric]:.4f} ({ci}) | "
-            f"{f(r['train_seconds'], '.1f')} | {r['diff']:+.4f} | {f(r['p_value'], '.4f')} | "
-            f"{f(r['p_holm'], '.4f')} |"
+            f"| {r['run']}{mark} | {r['name']} | {r['params']} | {r[metric]:.4f} ({ci}) |"
+            f"{x_cell} {f(r['train_seconds'], '.1f')} | {r['diff']:+.4f} | "
+            f"{f(r['p_value'], '.4f')} | {f(r['p_holm'], '.4f')} |"
         )
     lines.append("")
     lines.append("* significant at 0.05 after Holm correction (paired bootstrap over users)")
@@ -248,12 +343,24 @@ def to_markdown(table: pl.DataFrame, metric: str) -> str:
 
 
 def write_report(
-    table: pl.DataFrame, metric: str, folder: str | Path, tracking_uri: str | None = None
+    table: pl.DataFrame,
+    metric: str,
+    folder: str | Path,
+    tracking_uri: str | None = None,
+    x: str | None = None,
 ) -> list[Path]:
     """Write the comparison as CSV, Markdown and PNG charts into ``folder``.
 
     Charts: ``comparison.png`` (the metric with CI bars per run), ``learning_curves.png``
-    (validation NDCG@10 per epoch, runs overlaid) and ``metric_vs_time.png``.
+    (validation NDCG@10 per epoch, runs overlaid; none for runs without a learning curve,
+    such as ``reranked`` ones), ``metric_vs_time.png`` and, with a second metric ``x``
+    (its full name, as in :func:`x_metric_name`; the table from ``compare(..., x=x)``),
+    ``frontier.png``: the metric against ``x`` with the Pareto-optimal runs joined.
+
+    Returns
+    -------
+    list of Path
+        The files written.
     """
     import matplotlib
 
@@ -264,6 +371,8 @@ def write_report(
     from recsys.io import atomic_file, check_output_folder
     from recsys.tracking import resolve_uri
 
+    if x and "x" not in table.columns:
+        raise ValueError(f"x={x!r} but the table has no 'x' column; expected compare(..., x={x!r})")
     folder = check_output_folder(
         folder,
         kind="a comparison report",
@@ -274,7 +383,7 @@ def write_report(
     with atomic_file(folder / "comparison.csv") as tmp:
         table.write_csv(tmp)
     with atomic_file(folder / "comparison.md") as tmp:
-        tmp.write_text(to_markdown(table, metric) + "\n")
+        tmp.write_text(to_markdown(table, metric, x) + "\n")
 
     def save(fig: Any, name: str) -> None:
         fig.tight_layout()
@@ -294,14 +403,7 @@ def write_report(
     client = mlflow.MlflowClient(resolve_uri(tracking_uri))
     fig, ax = plt.subplots(figsize=(7, 4))
     for row in table.iter_rows(named=True):
-        history = client.get_metric_history(row["run_id"], "valid_ndcg_at_10")
-        # The best model's final validation is logged again at the last step: keep each
-        # step's first value, the epoch's own.
-        first: dict[int, float] = {}
-        for m in sorted(history, key=lambda m: (m.step, m.timestamp)):
-            if m.step > 0:
-                first.setdefault(m.step, m.value)
-        points = sorted(first.items())
+        points = learning_curve(client, row["run_id"])
         if points:
             ax.plot(*zip(*points, strict=True), marker=".", label=f"{row['run']} {row['name']}")
     ax.set_xlabel("epoch")
@@ -312,25 +414,106 @@ def write_report(
     save(fig, "learning_curves.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    seconds = table["train_seconds"].fill_null(0.0).to_numpy()
-    ax.scatter(seconds, values)
-    for x, y, name in zip(seconds, values, table["run"].to_list(), strict=True):
-        ax.annotate(name, (x, y), fontsize=7)
+    # Runs that did not train (reranked ones) have no training time: left out, not put at 0.
+    timed = table.filter(pl.col("train_seconds").is_not_null())
+    seconds = timed["train_seconds"].to_numpy()
+    ax.scatter(seconds, timed[metric].to_numpy())
+    for t, y, name in zip(seconds, timed[metric].to_list(), timed["run"].to_list(), strict=True):
+        ax.annotate(name, (t, y), fontsize=7)
     ax.set_xlabel("training seconds")
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} vs training time")
     save(fig, "metric_vs_time.png")
-    return [folder / n for n in REPORT_FILES]
+
+    written = [n for n in REPORT_FILES if n != "frontier.png"]
+    if x:
+        save(frontier_figure(table, metric, x), "frontier.png")
+        written.append("frontier.png")
+    else:
+        # A frontier from an earlier report (the folder is checked to be ours) would no
+        # longer match the table beside it.
+        (folder / "frontier.png").unlink(missing_ok=True)
+    return [folder / n for n in written]
 
 
-def log_report(experiment: str, files: list[Path], metric: str, tracking_uri: str | None) -> str:
+def learning_curve(client: Any, run_id: str) -> list[tuple[int, float]]:
+    """A run's validation NDCG@10 per epoch, as ``(epoch, value)``; empty for a run that
+    did not train (kind ``reranked``) or logged none.
+
+    Parameters
+    ----------
+    client : mlflow.MlflowClient
+        The tracking client.
+    run_id : str
+        The run.
+    """
+    # A reranked run evaluates another run's model: it has no epochs of its own, even if
+    # it logged a validation metric.
+    if client.get_run(run_id).data.tags.get("kind") == "reranked":
+        return []
+    history = client.get_metric_history(run_id, "valid_ndcg_at_10")
+    # The best model's final validation is logged again at the last step: keep each step's
+    # first value, the epoch's own.
+    first: dict[int, float] = {}
+    for m in sorted(history, key=lambda m: (m.step, m.timestamp)):
+        if m.step > 0:
+            first.setdefault(m.step, m.value)
+    return sorted(first.items())
+
+
+def _short(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def frontier_figure(table: pl.DataFrame, metric: str, x: str) -> Any:
+    """The trade-off chart: ``metric`` (y) against ``x`` per run, CIs as error bars, each
+    point named by run and differing params, the Pareto-optimal runs joined by a line."""
+    import matplotlib.pyplot as plt
+
+    xs, ys = table["x"].to_numpy(), table[metric].to_numpy()
+    x_higher = higher_is_better(x)
+    fig, ax = plt.subplots(figsize=(7, 5))
+    ax.scatter(xs, ys, color="tab:blue", zorder=3)
+    for r in table.iter_rows(named=True):
+        # Error bars only where a CI was logged: exposure_gini, for one, has none.
+        errs = {}
+        for axis, value, low, high in (
+            ("xerr", r["x"], r["x_ci_low"], r["x_ci_high"]),
+            ("yerr", r[metric], r["ci_low"], r["ci_high"]),
+        ):
+            if low is not None and high is not None:
+                errs[axis] = [[max(value - low, 0.0)], [max(high - value, 0.0)]]
+        if errs:
+            ax.errorbar([r["x"]], [r[metric]], **errs, fmt="none", ecolor="gray", capsize=3)
+        label = r["run"] + (f" {_short(r['params'])}" if r["params"] else "")
+        ax.annotate(
+            label, (r["x"], r[metric]), fontsize=7, xytext=(3, 3), textcoords="offset points"
+        )
+    front = pareto_front(xs, ys, x_higher)
+    ax.plot(xs[front], ys[front], color="tab:red", label="Pareto front")
+    ax.set_xlabel(f"{x} ({'higher' if x_higher else 'lower'} is better)")
+    ax.set_ylabel(f"{metric} (higher is better)")
+    ax.set_title(f"{metric} vs {x}")
+    ax.margins(x=0.25, y=0.1)  # room for the labels right of the rightmost points
+    ax.legend(fontsize=7)
+    return fig
+
+
+def log_report(
+    experiment: str,
+    files: list[Path],
+    metric: str,
+    tracking_uri: str | None,
+    x: str | None = None,
+) -> str:
     """Log the report files as artifacts of a new comparison run; return its id."""
     import mlflow
 
     from recsys.tracking import setup
 
     setup(experiment, tracking_uri)
-    with mlflow.start_run(run_name=f"compare {metric}", tags={"kind": "comparison"}) as run:
+    name = f"compare {metric}" + (f" vs {x}" if x else "")
+    with mlflow.start_run(run_name=name, tags={"kind": "comparison"}) as run:
         for f in files:
             mlflow.log_artifact(str(f), "comparison")
     return run.info.run_id

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,8 @@ from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
+from recsys import allocation
+from recsys.allocation import RerankSpec
 from recsys.bundle import Bundle, load_bundle, resolve_model, save_bundle
 from recsys.data.dataset import SequenceData
 from recsys.explain import (
@@ -227,22 +229,45 @@ class Recommender(BaseEstimator):
         exclude_items: Iterable[Any] | None = None,
         batch_size: int = 1024,
         as_pandas: bool = False,
+        rerank: RerankSpec = None,
     ) -> Any:
         """Top-k items for known users: ``user_id, rank (1 = best), item_id, score``.
 
         Items of the user's whole known history are left out unless ``exclude_seen`` is
-        False; ``exclude_items`` (raw IDs) are left out for every user.
+        False; ``exclude_items`` (raw IDs) are left out for every user. ``rerank``: a
+        re-ranking config (TOML path or dict, see :mod:`recsys.allocation.config`); None
+        applies the one stored with the model, if any; False none. Exposure budgets span
+        the users of one call; ``score`` stays the model's score of each item.
         """
         self._check_k(k)
         user_ids = [str(u) for u in user_ids]  # any iterable, once
         users = self._user_idx(user_ids)
-        parts = []
-        for lo in range(0, len(users), batch_size):
-            u = users[lo : lo + batch_size]
-            h, h_off = self.bundle.histories_of(u)
-            ex = self._exclusions(exclude_items, len(u))
-            items, scores = score_chunk(self.bundle, h, h_off, k, exclude_seen, ex)
-            parts.append(results_frame(self.bundle, user_ids[lo : lo + batch_size], items, scores))
+        plan = allocation.plan_for(self.bundle, rerank)
+        if plan is not None:
+            plan.check_k(k)
+
+        def chunks() -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None, list[str]]]:
+            for lo in range(0, len(users), batch_size):
+                u = users[lo : lo + batch_size]
+                h, h_off = self.bundle.histories_of(u)
+                yield (
+                    h,
+                    h_off,
+                    self._exclusions(exclude_items, len(u)),
+                    user_ids[lo : lo + batch_size],
+                )
+
+        if plan is None:
+            lists = [
+                score_chunk(self.bundle, h, h_off, k, exclude_seen, ex)
+                for h, h_off, ex, _ in chunks()
+            ]
+        else:
+            lists = allocation.rerank_users(self.bundle, plan, chunks, len(users), k, exclude_seen)
+        parts = [
+            results_frame(self.bundle, ids, items, scores)
+            for (_, _, _, ids), (items, scores) in zip(chunks(), lists, strict=True)
+        ] if lists else []  # fmt: skip
         out = pl.concat(parts) if parts else pl.DataFrame(schema=RESULT_SCHEMA)
         return out.to_pandas() if as_pandas else out
 
@@ -254,18 +279,26 @@ class Recommender(BaseEstimator):
         exclude_items: Iterable[Any] | None = None,
         unknown: str = "skip",
         as_pandas: bool = False,
+        rerank: RerankSpec = None,
     ) -> Any:
         """Top-k items for a user never seen in training, from a raw history (oldest first).
 
         Unknown item IDs are skipped with a warning (``unknown="skip"``) or raise
-        (``unknown="raise"``). Returns ``rank, item_id, score``.
+        (``unknown="raise"``). ``rerank`` as in :meth:`recommend`. Returns ``rank,
+        item_id, score``.
         """
         self._check_k(k)
         known = self._history_idx(item_ids, unknown, stacklevel=3)
         offsets = np.array([0, len(known)])
-        items, scores = score_chunk(
-            self.bundle, known, offsets, k, exclude_seen, self._exclusions(exclude_items, 1)
-        )
+        ex = self._exclusions(exclude_items, 1)
+        plan = allocation.plan_for(self.bundle, rerank)
+        if plan is None:
+            items, scores = score_chunk(self.bundle, known, offsets, k, exclude_seen, ex)
+        else:
+            plan.check_k(k)
+            ((items, scores),) = allocation.rerank_users(
+                self.bundle, plan, lambda: [(known, offsets, ex, ["(history)"])], 1, k, exclude_seen
+            )
         out = results_frame(self.bundle, [""], items, scores).drop("user_id")
         return out.to_pandas() if as_pandas else out
 

@@ -34,11 +34,17 @@ def whole_histories(flat: np.ndarray, offsets: np.ndarray) -> torch.Tensor:
 
 
 def score_items(
-    bundle: Bundle, flat: np.ndarray, offsets: np.ndarray, items: np.ndarray
+    bundle: Bundle,
+    flat: np.ndarray,
+    offsets: np.ndarray,
+    items: np.ndarray,
+    users: torch.Tensor | None = None,
 ) -> np.ndarray:
     """Scores (B, C) of given items (B, C) for B histories, as the ranking sees them (the
-    dot product plus the model's repeat term, if any)."""
-    users = user_vectors(bundle, flat, offsets)
+    dot product plus the model's repeat term, if any); ``users``: their user vectors, if
+    the caller has them."""
+    if users is None:
+        users = user_vectors(bundle, flat, offsets)
     cands = torch.from_numpy(items)
     scores = (users[:, None, :] * bundle.scorer.item_vectors()[cands]).sum(-1)  # (B, C)
     history = whole_histories(flat, offsets)

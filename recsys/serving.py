@@ -26,6 +26,7 @@ HTTP 400, naming the row and the value.
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ import pandas as pd
 import polars as pl
 import torch
 
+from recsys import allocation
 from recsys.bundle import ARTIFACT_PATH, Bundle
 from recsys.data.dataset import gather_ragged
 from recsys.explain import explain_chunk, reasons
@@ -49,6 +51,7 @@ DEFAULT_K = 10
 CHUNK_ROWS = 1024  # rows scored together: bounds the (rows, k) and padded-history arrays
 QUOTE_CHARS = 60  # request values are quoted at most this long in errors
 MAX_EXPLAIN = 50  # history items a request row may ask for as reasons
+MAX_PLANS = 16  # compiled re-ranking configs kept between requests
 ANSWER_COLUMNS = pd.Index(["request", "user_id", "rank", "item_id", "score"])
 
 
@@ -171,6 +174,31 @@ class RecsysModel(mlflow.pyfunc.PythonModel):
         # request cost twice the CPU at 8 clients. One answer at a time leaves the other core
         # to MLflow's parsing and serialisation, which run outside predict.
         self._lock = threading.Lock()
+        self._plans: dict[str, allocation.Plan | None] = {}  # by the request's rerank JSON
+
+    def _plan(self, column: pd.Series | None) -> allocation.Plan | None:
+        """The request's re-ranking: its ``rerank`` value (one for all rows that give
+        one: a JSON object, or its text; ``{}`` for none), else the model's stored one."""
+        given = [] if column is None else [v for v in column.tolist() if v is not None]
+        docs = []
+        for v in given:
+            if isinstance(v, str):
+                try:
+                    v = json.loads(v)
+                except json.JSONDecodeError:
+                    raise ValueError(f"rerank {_q(v)} is not a JSON object") from None
+            if not isinstance(v, dict):
+                raise ValueError(f"rerank {_q(v)}: expected a JSON object (a re-ranking config)")
+            docs.append(json.dumps(v, sort_keys=True))
+        if len(set(docs)) > 1:
+            raise ValueError("rows give different rerank values; a request has at most one")
+        key = docs[0] if docs else ""
+        if key not in self._plans:
+            if len(self._plans) >= MAX_PLANS:
+                self._plans.clear()
+            spec = json.loads(key) if key else None
+            self._plans[key] = allocation.plan_for(self.rec.bundle, spec)
+        return self._plans[key]
 
     # Only the request is annotated: MLflow derives the input schema from these hints and
     # warns about Any.
@@ -245,14 +273,20 @@ class RecsysModel(mlflow.pyfunc.PythonModel):
         row_user[user_rows] = user_ids
         row_idx = np.zeros(n, dtype=np.int64)  # each row's known user (0: a history)
         row_idx[user_rows] = user_idx
+        plan = self._plan(_present(df, "rerank"))
+        if plan is not None:
+            reranked = _rerank(bundle, plan, values, start, stop, ks, row_user)
         parts = []
         for lo in range(0, n, CHUNK_ROWS):
             hi = min(lo + CHUNK_ROWS, n)
             h, h_off = gather_ragged(values, start[lo:hi], stop[lo:hi])
-            # Lists are ordered by score then index, so the first k of the chunk's longest
-            # list are that row's own top k.
-            users = self._known.vectors(row_idx[lo:hi], h, h_off)
-            items, scores = score_chunk(bundle, h, h_off, int(ks[lo:hi].max()), users=users)
+            if plan is None:
+                # Lists are ordered by score then index, so the first k of the chunk's
+                # longest list are that row's own top k.
+                users = self._known.vectors(row_idx[lo:hi], h, h_off)
+                items, scores = score_chunk(bundle, h, h_off, int(ks[lo:hi].max()), users=users)
+            else:
+                items, scores = reranked[0][lo:hi], reranked[1][lo:hi]
             frame = _frame(bundle, lo, items, scores, ks[lo:hi], row_user[lo:hi])
             if why is not None:
                 frame = _with_reasons(frame, bundle, h, h_off, items, reasons_per_row[lo:hi], lo)
@@ -262,6 +296,46 @@ class RecsysModel(mlflow.pyfunc.PythonModel):
             no_user = np.zeros(0, dtype=object)
             parts.append(_frame(bundle, 0, none, none.astype(np.float32), none[:, 0], no_user))
         return parts[0] if len(parts) == 1 else Answer(pd.concat(parts, ignore_index=True))
+
+
+def _rerank(
+    bundle: Bundle,
+    plan: allocation.Plan,
+    values: np.ndarray,
+    start: np.ndarray,
+    stop: np.ndarray,
+    ks: np.ndarray,
+    row_user: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Re-ranked lists (n, max k) of every request row: the request is the job over which
+    exposure budgets are spent, rows of each k together (one k with exposure rules)."""
+    n, width = len(ks), int(ks.max(initial=1))
+    items = np.zeros((n, width), dtype=np.int64)
+    scores = np.full((n, width), -np.inf, dtype=np.float32)
+    distinct = np.unique(ks)
+    if plan.cfg.exposure is not None and len(distinct) > 1:
+        raise ValueError(
+            f"rows ask for different k ({distinct[:5].tolist()}); with exposure rules all "
+            "rows of a request share one k"
+        )
+    labels = row_user.copy()
+    for i in np.flatnonzero(pd.isna(row_user)):
+        labels[i] = f"(history of request row {i})"
+    for k in distinct:
+        rows = np.flatnonzero(ks == k)
+        plan.check_k(int(k))
+
+        def chunks(rows: np.ndarray = rows) -> Any:
+            for lo in range(0, len(rows), CHUNK_ROWS):
+                r = rows[lo : lo + CHUNK_ROWS]
+                h, h_off = gather_ragged(values, start[r], stop[r])
+                yield h, h_off, None, labels[r]
+
+        lists = allocation.rerank_users(bundle, plan, chunks, len(rows), int(k))
+        for lo, (it, sc) in zip(range(0, len(rows), CHUNK_ROWS), lists, strict=True):
+            r = rows[lo : lo + CHUNK_ROWS]
+            items[r, :k], scores[r, :k] = it, sc
+    return items, scores
 
 
 def _with_reasons(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 
@@ -128,6 +129,23 @@ def test_interrupted_write_keeps_old_output(tmp_path, write, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["log.csv", "out"]  # no temp left
 
 
+def test_item_release_dates_reach_the_vocabulary(tmp_path, write):
+    items = write(
+        "items.tsv",
+        "item_id\ttitle\trelease_year\tgenres\nm1\tOne\t1995\tComedy\nm2\tTwo\t\tDrama\n",
+    )
+    manifest, out = prepared(tmp_path, write, items=str(items))
+    vocab = pl.read_parquet(out / "vocab_items.parquet")
+    assert vocab.schema["released"] == pl.Date
+    # m3 has no metadata: every metadata column is null for it.
+    assert vocab.select("item_idx", "item_id", "title", "released").rows() == [
+        (1, "m1", "One", dt.date(1995, 1, 1)),
+        (2, "m2", "Two", None),
+        (3, "m3", None, None),
+    ]
+    assert manifest["items_without_metadata"] == 1
+
+
 def test_interrupted_first_write_leaves_nothing(tmp_path, write, monkeypatch):
     def crash(self, *args, **kwargs):
         raise KeyboardInterrupt
@@ -186,6 +204,8 @@ def test_ml100k_exact_figures(ml100k, tmp_path):
     # MovieLens IDs map to themselves when nothing is filtered.
     assert (users["user_idx"].cast(pl.String) == users["user_id"]).all()
     assert items.filter(pl.col("item_id") == "1")["title"].item() == "Toy Story"
+    # Items 267 ('unkonwn') and 1412 ('V') have no release year in the shared items.tsv.
+    assert items.filter(pl.col("released").is_null())["item_id"].sort().to_list() == ["1412", "267"]
 
 
 def test_prepare_dataset_accepts_any_lazyframe(tmp_path):

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import gzip
 import random
+from datetime import date
 from pathlib import Path
 
 import polars as pl
@@ -160,24 +161,93 @@ def test_folder_and_unknown_format(tmp_path, write):
 def test_items_tsv(write):
     p = write(
         "items.tsv",
-        "item_id\ttitle\trelease_year\tgenres\n1\tToy Story\t1995\tAnimation Children's Comedy\n",
+        "item_id\ttitle\trelease_year\tgenres\n1\tToy Story\t1995\tAnimation Children's Comedy\n"
+        "2\tOld\t\tDrama\n3\tLost\tunknown\t\n",
     )
-    assert read_items(p).rows() == [("1", "Toy Story", ["Animation", "Children's", "Comedy"])]
+    assert read_items(p).rows() == [
+        ("1", "Toy Story", ["Animation", "Children's", "Comedy"], date(1995, 1, 1)),
+        ("2", "Old", ["Drama"], None),
+        ("3", "Lost", [""], None),  # no digit: a placeholder, read as unknown
+    ]
+    assert read_items(p).schema["released"] == pl.Date
+
+
+def test_items_tsv_released_iso_wins_over_year(write):
+    p = write(
+        "items.tsv",
+        "item_id\ttitle\trelease_year\treleased\tgenres\n"
+        "1\tA\t1995\t1995-11-22\tComedy\n2\tB\t1996\t\tDrama\n",
+    )
+    assert read_items(p).select("item_id", "released").rows() == [
+        ("1", date(1995, 11, 22)),
+        ("2", None),
+    ]
+
+
+def test_items_tsv_without_dates_has_no_released_column(write):
+    p = write("items.tsv", "item_id\ttitle\tgenres\n1\tToy Story\tComedy\n")
+    assert read_items(p).columns == ["item_id", "title", "genres"]
+
+
+@pytest.mark.parametrize(
+    ("header", "value", "expected"),
+    [
+        ("release_year", "19955", "a four-digit year"),
+        ("release_year", "1995.0", "a four-digit year"),
+        ("released", "1995-02-30", "an ISO date YYYY-MM-DD"),
+        ("released", "22/11/1995", "an ISO date YYYY-MM-DD"),
+    ],
+)
+def test_items_tsv_bad_date_names_file_line_value(write, header, value, expected):
+    good = "1995" if header == "release_year" else "1995-01-01"
+    p = write("items.tsv", f"item_id\ttitle\t{header}\tgenres\n1\tA\t{good}\tX\n2\tB\t{value}\tY\n")
+    with pytest.raises(ValueError) as err:
+        read_items(p)
+    assert str(err.value) == (
+        f"{str(p)!r}, line 3: release date {value!r} in column {header!r} is not {expected} "
+        "(or empty)"
+    )
 
 
 def test_u_item_latin1(write):
     flags = ["0"] * 19
     flags[5] = "1"  # Comedy
     line = "|".join(["2", "Café (1995)", "01-Jan-1995", "", "http://x", *flags]) + "\n"
-    p = write("u.item", line.encode("latin-1"))
-    assert read_items(p).rows() == [("2", "Café (1995)", ["Comedy"])]
+    unknown = "|".join(["267", "unknown", "", "", "", "1", *flags[1:]]) + "\n"
+    p = write("u.item", (line + unknown).encode("latin-1"))
+    assert read_items(p).rows() == [
+        ("2", "Café (1995)", ["Comedy"], date(1995, 1, 1)),
+        ("267", "unknown", ["unknown", "Comedy"], None),
+    ]
+
+
+def test_u_item_bad_release_date(write):
+    flags = "|".join(["0"] * 19)
+    p = write("u.item", f"1|A (1995)|01-Jan-1995||u|{flags}\n2|B (1995)|1995-01-01||u|{flags}\n")
+    with pytest.raises(ValueError) as err:
+        read_items(p)
+    assert str(err.value) == (
+        f"{str(p)!r}, line 2: release date '1995-01-01' in column 'release' is not a date like "
+        "01-Jan-1995 (or empty)"
+    )
 
 
 def test_movies_dat_and_csv(write):
-    dat = write("movies.dat", "1::Toy Story (1995)::Animation|Comedy\n")
-    assert read_items(dat).rows() == [("1", "Toy Story (1995)", ["Animation", "Comedy"])]
-    csv = write("movies.csv", 'movieId,title,genres\n3,"Heat, The (1995)",Action\n')
-    assert read_items(csv).rows() == [("3", "Heat, The (1995)", ["Action"])]
+    dat = write("movies.dat", "1::Toy Story (1995)::Animation|Comedy\n2::No Year::Drama\n")
+    assert read_items(dat).rows() == [
+        ("1", "Toy Story (1995)", ["Animation", "Comedy"], date(1995, 1, 1)),
+        ("2", "No Year", ["Drama"], None),
+    ]
+    csv = write(
+        "movies.csv",
+        'movieId,title,genres\n3,"Heat, The (1995)",Action\n4,"Fawlty (1975-1979)",Comedy\n'
+        '5,"Trailing (2003) ",Drama\n',
+    )
+    assert read_items(csv).rows() == [
+        ("3", "Heat, The (1995)", ["Action"], date(1995, 1, 1)),
+        ("4", "Fawlty (1975-1979)", ["Comedy"], None),  # a range is no release year
+        ("5", "Trailing (2003) ", ["Drama"], date(2003, 1, 1)),
+    ]
 
 
 def test_items_unknown_layout(write):

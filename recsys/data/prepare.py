@@ -4,7 +4,7 @@ Folder layout (written to a temporary sibling, then renamed into place)::
 
     manifest.json                 counts, per-step drops, split, config, checksums
     vocab_users.parquet           user_idx (i32, from 1), user_id (str)
-    vocab_items.parquet           item_idx (i32, from 1), item_id (str)[, title, genres]
+    vocab_items.parquet           item_idx (i32, from 1), item_id (str)[, title, genres, released]
     sequences/part-00000.parquet  user_idx, item_idx list, timestamp list, n_train/n_valid/n_test
 """
 
@@ -143,7 +143,9 @@ def prepare_dataset(
     valid_cutoff, test_cutoff : float
         Temporal cut-offs: quantiles in (0, 1) of event time, or absolute timestamps.
     items : DataFrame, optional
-        Item metadata (``item_id, title, genres``) joined onto the item vocabulary.
+        Item metadata (``item_id, title, genres[, released]``, see
+        :func:`recsys.data.items.read_items`) joined onto the item vocabulary; every column
+        is kept, null for items the metadata lacks.
     inputs : sequence of paths
         Source files, checksummed into the manifest.
     config : dict, optional

@@ -12,6 +12,11 @@ Protocols:
 - ``sampled``: the SASRec paper's protocol, each target ranked against ``num_sampled``
   random items the user never interacted with. It overstates quality and is only for
   comparison with papers; its metric names always carry ``sampled``.
+
+Full ranking also reports beyond-accuracy metrics of the top-K lists (intra-list
+diversity, novelty, genre calibration, exposure Gini; see :mod:`recsys.evaluation.beyond`)
+unless ``EvalConfig.beyond_accuracy`` is off. The sampled protocol has no real lists, so
+it reports none.
 """
 
 from __future__ import annotations
@@ -27,7 +32,11 @@ import polars as pl
 import torch
 from tqdm.auto import tqdm
 
+from recsys import allocation
+from recsys.allocation import exposure
+from recsys.allocation.features import ItemFeatures, read_item_vocab
 from recsys.data.dataset import SequenceData, Stage, gather_ragged, pad_left, ragged_to_padded
+from recsys.evaluation.beyond import BeyondAccuracy
 from recsys.evaluation.metrics import bootstrap_ci, per_user_metrics
 from recsys.evaluation.ranking import HistoryBias, bias_of, drop_targets, rank_and_top_k
 from recsys.models.scorers import Scorer
@@ -48,6 +57,8 @@ class EvalConfig:
     batch_users: int = 512
     bootstrap: int = 1000  # resamples for the 95% CIs; 0 = no CIs
     seed: int = 0
+    # ild, novelty, calibration_kl and exposure_gini of the top-K lists (full ranking).
+    beyond_accuracy: bool = True
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -178,6 +189,9 @@ def evaluate(
     stage: str | Stage,
     cfg: EvalConfig | None = None,
     progress: bool = False,
+    *,
+    features: ItemFeatures | None = None,
+    rerank: allocation.Plan | None = None,
 ) -> EvalResult:
     """Rank each user's targets in ``stage`` and summarise the metrics.
 
@@ -193,6 +207,14 @@ def evaluate(
         Cut-offs, history exclusion, protocol, batch size, bootstrap (default: defaults).
     progress : bool
         Show a progress bar over users.
+    features : ItemFeatures, optional
+        Genres and item vectors for the beyond-accuracy metrics (full protocol only).
+        Default: built from the dataset's ``vocab_items.parquet`` and the scorer's item
+        vectors.
+    rerank : Plan, optional
+        Measure re-ranked lists (:mod:`recsys.allocation`; full protocol): the top
+        ``candidates`` items become ``max(ks)`` slots, exposure budgets span the stage's
+        users, and a target outside its list counts as ranked ``max(ks)`` (a miss).
 
     Returns
     -------
@@ -207,29 +229,60 @@ def evaluate(
     max_k = max(cfg.ks)
     ranks_parts: list[np.ndarray] = []
     covered = {k: np.zeros(data.num_items + 1, dtype=bool) for k in cfg.ks}
-    bar = tqdm(total=len(st.users), desc=f"evaluate {st.name}", unit="user", disable=not progress)
-    for lo in range(0, len(st.users), cfg.batch_users):
+    beyond = None
+    if cfg.protocol == "full" and cfg.beyond_accuracy:
+        beyond = _beyond_accumulator(scorer, data, cfg.ks, features)
+    if rerank is not None and cfg.protocol != "full":
+        raise ValueError("re-ranking is measured with the full protocol only")
+
+    def chunk(lo: int) -> tuple[Any, ...]:
         sl = slice(lo, lo + cfg.batch_users)
         start, stop, tstop = st.hist_start[sl], st.hist_stop[sl], st.target_stop[sl]
         inputs = pad_left(data.items, start, stop, scorer.max_len)  # (B, T)
         users = scorer.user_vectors(torch.from_numpy(inputs))
         dev = users.device  # ranking runs where the model does (a GPU, when trained there)
         # Exclusion and a repeat term read the whole history, beyond the model's window.
-        history = torch.from_numpy(pad_left(data.items, start, stop, int((stop - start).max())))
-        history = history.to(dev)
+        history_cpu = torch.from_numpy(pad_left(data.items, start, stop, int((stop - start).max())))
+        history = history_cpu.to(dev)
         values = scorer.history_bias(history)
         bias = None if values is None else (history, values)
         targets = torch.from_numpy(ragged_to_padded(*gather_ragged(data.items, stop, tstop)))
         targets = targets.to(dev)
+        exclude = drop_targets(history, targets) if cfg.exclude_seen else None
+        return start, users, history_cpu, bias, targets, exclude
+
+    chunks = range(0, len(st.users), cfg.batch_users)
+    budget = None
+    if rerank is not None:
+        merit_total = None
+        if allocation.needs_merit(rerank):  # proportional exposure: a first pass
+            merit_total = torch.zeros(data.num_items + 1, dtype=torch.float64)
+            for lo in chunks:
+                _, users, history_cpu, bias, targets, exclude = chunk(lo)
+                cand, cs = _candidates(rerank, users, item_vecs, exclude, bias, max_k)
+                merit_total += exposure.merit(cand, cs, data.num_items)
+        budget = allocation.start_budget(rerank, len(st.users), max_k, merit_total)
+    bar = tqdm(total=len(st.users), desc=f"evaluate {st.name}", unit="user", disable=not progress)
+    for lo in chunks:
+        start, users, history_cpu, bias, targets, exclude = chunk(lo)
         if cfg.protocol == "full":
-            exclude = drop_targets(history, targets) if cfg.exclude_seen else None
-            ranks, top, _ = rank_and_top_k(users, item_vecs, targets, max_k, exclude, bias)
+            if rerank is None:
+                ranks, top, _ = rank_and_top_k(users, item_vecs, targets, max_k, exclude, bias)
+            else:
+                cand, cs = _candidates(rerank, users, item_vecs, exclude, bias, max_k)
+                top_np, _ = allocation.allocate(rerank, cand, cs, history_cpu, max_k, budget)
+                top = torch.from_numpy(top_np)
+                ranks = _list_ranks(top, targets.cpu())
+            # Everything measured on the lists reads `top` (B, max_k, CPU) from here on.
             for k in cfg.ks:
                 covered[k][top[:, :k].numpy().ravel()] = True
+            if beyond is not None:
+                beyond.add(top, history_cpu)
         else:
+            tstop = st.target_stop[lo : lo + cfg.batch_users]
             seen = ragged_to_padded(*gather_ragged(data.items, start, tstop))
             negatives = _sample_unseen(rng, seen, data.num_items, cfg.num_sampled)
-            negs = torch.from_numpy(negatives).to(dev)
+            negs = torch.from_numpy(negatives).to(users.device)
             ranks = _sampled_ranks(users, item_vecs, targets, negs, bias)
         ranks_parts.append(ranks.cpu().numpy())
         bar.update(len(start))
@@ -247,13 +300,19 @@ def evaluate(
         for k in cfg.ks:
             # Slot value 0 marks a list shorter than k, not an item.
             means[f"coverage@{k}"] = float(covered[k][1:].sum() / data.num_items)
+    columns = {m.replace("@", "_at_"): v for m, v in values.items()}
+    if beyond is not None:
+        extra = beyond.result(cfg.bootstrap, seed=cfg.seed)
+        means.update(extra.means)
+        ci.update(extra.ci)
+        columns.update(extra.per_user)
     real = ranks >= 0
     per_user = pl.DataFrame(
         {
             "user_idx": st.users.astype(np.int32),
             "n_targets": real.sum(1).astype(np.int32),
             "best_rank": np.where(real, ranks, np.iinfo(np.int64).max).min(1),
-            **{m.replace("@", "_at_"): v for m, v in values.items()},
+            **columns,
         }
     )
     result = EvalResult(
@@ -273,3 +332,57 @@ def evaluate(
             st.skipped_no_history,
         )
     return result
+
+
+def _candidates(
+    plan: allocation.Plan,
+    users: torch.Tensor,
+    item_vecs: torch.Tensor,
+    exclude: torch.Tensor | None,
+    bias: HistoryBias | None,
+    k: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A re-ranking's candidates (B, M) and scores on the CPU: the top ``candidates`` of
+    the full ranking (exclusions and blocked items left out) and the plan's extra items."""
+    num_items = item_vecs.shape[0] - 1
+    m = min(max(plan.cfg.candidates, k), num_items)
+    if len(plan.block):
+        block = plan.block.to(users.device)[None, :].expand(users.shape[0], -1)
+        exclude = block if exclude is None else torch.cat([exclude, block], 1)
+    _, cand, cs = rank_and_top_k(users, item_vecs, None, m, exclude, bias)
+    users_c, vecs_c = users.cpu(), item_vecs.detach().cpu()
+    extra = allocation.extra_candidates(
+        plan, users_c, vecs_c, None if exclude is None else exclude.cpu()
+    )
+    if extra.shape[1]:
+        es = (users_c[:, None, :] * vecs_c[extra]).sum(-1)
+        if bias is not None:
+            es = es + bias_of((bias[0].cpu(), bias[1].cpu()), extra)
+        cand = torch.cat([cand, extra], 1)
+        cs = torch.cat([cs, es.masked_fill(extra == 0, float("-inf"))], 1)
+    return cand, cs
+
+
+def _list_ranks(top: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(B, M) 0-based position of each target (B, M) in its list top (B, K); K when it is
+    not in the list (a miss at every cut-off), -1 for padding."""
+    K = top.shape[1]
+    hit = (top[:, None, :] == targets[:, :, None]) & (targets[:, :, None] > 0)  # (B, M, K)
+    pos = torch.where(hit.any(-1), hit.float().argmax(-1), K)
+    return pos.masked_fill(targets == 0, -1)
+
+
+def _beyond_accumulator(
+    scorer: Scorer, data: SequenceData, ks: tuple[int, ...], features: ItemFeatures | None
+) -> BeyondAccuracy:
+    """The beyond-accuracy accumulator for ``data``, with ``features`` or those of the
+    dataset's item vocabulary (genres, if prepared with ``--items``) and the scorer's item
+    vectors."""
+    if features is None:
+        features = ItemFeatures.build(read_item_vocab(data.path), scorer.item_vectors())
+    if features.num_items != data.num_items:
+        raise ValueError(
+            f"item features cover {features.num_items} items but the dataset has {data.num_items}"
+        )
+    # Popularity is measured on the training events, as the model saw them.
+    return BeyondAccuracy(features, data.item_counts(), int((data.n_train > 0).sum()), ks)

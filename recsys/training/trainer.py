@@ -193,8 +193,13 @@ class Trainer:
             )
         self.model_cfg, self.cfg, self.data = model_cfg, train_cfg, data
         base = eval_cfg or EvalConfig()
+        # Early stopping reads NDCG@10 and HR@10 only: no CIs, no beyond-accuracy metrics.
         self.eval_cfg = EvalConfig(
-            ks=(10,), exclude_seen=base.exclude_seen, batch_users=base.batch_users, bootstrap=0
+            ks=(10,),
+            exclude_seen=base.exclude_seen,
+            batch_users=base.batch_users,
+            bootstrap=0,
+            beyond_accuracy=False,
         )
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.on_epoch = on_epoch
