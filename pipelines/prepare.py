@@ -34,7 +34,9 @@ class PrepareConfig:
         default_text="the MovieLens folder name or the file stem",
     )
     items: str | None = option(
-        None, "item metadata file (u.item, movies.dat, movies.csv, items.tsv): titles, genres"
+        None,
+        "item metadata file (u.item, movies.dat, movies.csv, items.tsv): titles, genres, "
+        "release dates",
     )
     user_col: str = option("user_id", "user column (csv/parquet)")
     item_col: str = option("item_id", "item column (csv/parquet)")

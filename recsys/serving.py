@@ -3,7 +3,9 @@
 A request is a table with one row per question: ``user_id`` (a known user) or
 ``history`` (a list of raw item IDs, oldest first, or one comma-separated string, for a
 user the model has never seen; unknown items are skipped), and optionally ``k`` (default
-10) and ``explain`` (0 to 50; default 0). The answer has one row per recommended item:
+10), ``explain`` (0 to 50; default 0) and ``rerank`` (a re-ranking config as a JSON object,
+the same for every row that gives one, ``{}`` for none; default: the config stored with
+the model, if any; see :mod:`recsys.allocation`). The answer has one row per recommended item:
 ``request`` (the row number of the question), ``user_id`` (null for a history), ``rank``
 (1 = best), ``item_id``, ``score`` — the same lists the Python API returns — and, when the
 request has an ``explain`` column, ``because`` and ``because_weight``: the ``explain``

@@ -189,6 +189,10 @@ def cases(draw):
         rules["pin"] = {str(int(rng.choice(rest))): int(rng.integers(1, k + 1))}
     if draw(st.booleans()):
         rules["quota"] = [{"field": "genres", "value": "A", "at_most": int(rng.integers(0, 3))}]
+    if draw(st.booleans()):
+        rules.setdefault("quota", []).append(
+            {"field": "genres", "value": "B", "at_least": int(rng.integers(1, k + 1))}
+        )
     cfg = {
         "rules": rules,
         "diversity": {
@@ -201,14 +205,15 @@ def cases(draw):
     return genre_sets, cand, scores, k, cfg
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(cases())
 def test_rules_hold_on_random_candidates(case):
     genre_sets, cand, scores, k, cfg = case
     feats = features(genre_sets)
     pins = {int(i): r for i, r in cfg["rules"].get("pin", {}).items()}
     pinned_a = sum("A" in genre_sets[i - 1] for i in pins)
-    if any(q["at_most"] < pinned_a for q in cfg["rules"].get("quota", [])):
+    quotas = cfg["rules"].get("quota", [])
+    if any(q.get("at_most", k) < pinned_a for q in quotas):
         with pytest.raises(ValueError, match=r"the pinned items alone break rules\.quota"):
             compile_plan(RerankConfig.from_dict(cfg), feats)
         return
@@ -222,14 +227,34 @@ def test_rules_hold_on_random_candidates(case):
     if plan.cfg.exposure is not None:
         budget = caps(plan.cfg.exposure, 2 * B, k - len(pins), feats.num_items)
     start = None if budget is None else budget.clone()
-    items, _ = allocate(
-        plan,
-        torch.tensor(cand),
-        torch.tensor(scores, dtype=torch.float32),
-        torch.zeros(B, 1, dtype=torch.long),
-        k,
-        budget,
+    need_free = sum(
+        max(0, q["at_least"] - sum("B" in genre_sets[i - 1] for i in pins))
+        for q in quotas
+        if "at_least" in q
     )
+    if need_free > k - len(pins):
+        with pytest.raises(ValueError, match="free slots"):
+            plan.check_k(k)
+        return
+    args = (torch.tensor(cand), torch.tensor(scores, dtype=torch.float32))
+    try:
+        items, _ = allocate(plan, *args, torch.zeros(B, 1, dtype=torch.long), k, budget)
+    except ValueError as e:
+        # Only an at_least quota may be unmeetable, and only when too few candidates of
+        # its genre can be taken (fewer than it asks, among what is not blocked or capped).
+        assert "cannot meet rules.quota at least" in str(e) and "with genres 'B'" in str(e)
+        need = next(q["at_least"] for q in quotas if "at_least" in q)
+        blocked = {int(i) for i in cfg["rules"].get("block", [])}
+        row = int(str(e).split("row ")[1].split(":")[0])
+        b_items = {int(i) for i in cand[row] if "B" in genre_sets[int(i) - 1]} - blocked
+        b_pinned = sum("B" in genre_sets[i - 1] for i in pins)
+        free = k - len(pins)
+        assert (
+            b_pinned + min(free, len(b_items - set(pins))) < need
+            or budget is not None
+            or any("at_most" in q for q in quotas)
+        )
+        return
     blocked = {int(i) for i in cfg["rules"].get("block", [])}
     for row in items:
         real = [int(i) for i in row if i]
@@ -237,8 +262,11 @@ def test_rules_hold_on_random_candidates(case):
         assert not blocked & set(real)
         for item, rank in pins.items():
             assert row[rank - 1] == item
-        for q in cfg["rules"].get("quota", []):
-            assert sum("A" in genre_sets[i - 1] for i in real) <= q["at_most"]
+        for q in quotas:
+            if "at_most" in q:
+                assert sum("A" in genre_sets[i - 1] for i in real) <= q["at_most"]
+            else:
+                assert sum("B" in genre_sets[i - 1] for i in real) >= q["at_least"]
     if budget is not None:
         shown = np.bincount(items.ravel(), minlength=feats.num_items + 1)
         for item in pins:

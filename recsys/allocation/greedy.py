@@ -65,9 +65,14 @@ class Plan:
             raise ValueError(
                 f"rules.pin puts item {item!r} at rank {late[0][1] + 1}, but lists have {k} slots"
             )
-        need = sum(r.at_least for r, _ in self.at_least)
-        if need > k:
-            raise ValueError(f"rules.quota: the at_least values add up to {need} > k = {k}")
+        pinned = torch.tensor([i for i, _ in self.pins], dtype=torch.long)
+        need = sum(max(0, r.at_least - int(m[pinned].sum())) for r, m in self.at_least)
+        free = k - len(self.pins)
+        if need > free:
+            raise ValueError(
+                f"rules.quota: the at_least quotas need {need} more items than the pinned ones "
+                f"give, but lists of {k} have {free} free slots"
+            )
 
 
 def compile_plan(cfg: RerankConfig, features: ItemFeatures) -> Plan:

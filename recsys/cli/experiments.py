@@ -23,8 +23,11 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
         "different data (dataset version, split, protocol) are refused unless "
         "--allow-mixed. With --output, also writes comparison.csv, comparison.md and "
         "charts (comparison.png: metric with CI bars per run; learning_curves.png; "
-        "metric_vs_time.png) and logs them as artifacts of a comparison run.",
-        epilog="Example: recsys compare --experiment ml-100k --metric test_ndcg_at_10.",
+        "metric_vs_time.png; with --x, frontier.png: the metric against a second one, "
+        "e.g. ild_at_10, with the Pareto front) and logs them as artifacts of a "
+        "comparison run.",
+        epilog="Example: recsys compare --experiment ml-100k --metric test_ndcg_at_10; "
+        "recsys compare --experiment ml-100k-rerank --x ild_at_10 --output data/compare.",
     )
 
 

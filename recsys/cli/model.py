@@ -20,7 +20,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         help="train SASRec (or the most-popular baseline), evaluate it, log it to MLflow",
         description="Train on a prepared dataset with early stopping on validation "
         "NDCG@10 (full ranking), then evaluate the best epoch on validation and test "
-        "(HR, NDCG, MRR, Recall, coverage @ K with 95% bootstrap CIs). Everything goes "
+        "(HR, NDCG, MRR, Recall, coverage @ K with 95% bootstrap CIs, and the lists' "
+        "diversity, novelty, calibration and exposure Gini). Everything goes "
         "to one MLflow run in an experiment named after the dataset: params, per-epoch "
         "metrics, test metrics, the model bundle, the best checkpoint, per-user metrics "
         "and a learning-curve plot. With no options it trains the recommended default.",
@@ -71,7 +72,8 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
         help="evaluate a trained model on a prepared dataset",
         description="Rank each user's test (or validation) targets against the whole "
         "catalogue and report HR, NDCG, MRR, Recall and coverage @ K with 95% bootstrap "
-        "CIs; logged as an evaluation run in MLflow.",
+        "CIs, and the lists' diversity, novelty, calibration and exposure Gini "
+        "(--rerank: of the re-ranked lists); logged as an evaluation run in MLflow.",
         epilog="MODEL is an MLflow run id, models:/NAME/VERSION or a bundle folder. "
         "Example: recsys evaluate --model 1a2b3c... --data data/prepared/ml-100k.",
     )
