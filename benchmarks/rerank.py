@@ -111,8 +111,9 @@ def synthetic(items: int, work: Path, seed: int = 0):
 
     work.mkdir(parents=True, exist_ok=True)
     log = work / f"synthetic-{items}.parquet"
-    generate(GenerateConfig(output=str(log), users=20_000, items=items,
-                            interactions=400_000, seed=seed))  # fmt: skip
+    # Enough events that nearly every item is used (popularity is skewed).
+    generate(GenerateConfig(output=str(log), users=50_000, items=items,
+                            interactions=12 * items, seed=seed))  # fmt: skip
     rng = np.random.default_rng(seed)
     names = np.array(ML100K_GENRES[1:])
     genres = [" ".join(rng.choice(names, rng.integers(1, 4), replace=False)) for _ in range(items)]

@@ -147,10 +147,16 @@ def run(cfg: SweepConfig) -> dict[str, Any]:
     )
     finished = [c for c in children if c.info.status == "FINISHED"]
     done = {c.data.tags.get("sweep_key") for c in finished}
-    # Trained models by their training options alone: re-ranking values reuse them.
+    # Trained models by their training options alone, from any sweep of the experiment:
+    # re-ranking values reuse them (the run's git_commit tag says which code trained it).
+    trained = client.search_runs(
+        [exp_id],
+        filter_string="attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time ASC"],
+    )
     models = {
         c.data.tags["train_key"]: c.info.run_id
-        for c in finished
+        for c in trained
         if "train_key" in c.data.tags and c.data.tags.get("kind") != "reranked"
     }
     outcomes = []
@@ -228,11 +234,15 @@ def _reranked_child(job: TrainJobConfig, model_run_id: str) -> dict[str, Any]:
         }
     )
     rerank_params = {"rerank": job.rerank or "none"}
-    if plan is not None:
-        rerank_params.update(plan.cfg.flat())
-    name = " ".join(f"{k.removeprefix('rerank.')}={v}" for k, v in rerank_params.items())
+    if job.rerank:
+        rerank_params.update(RerankConfig.load(job.rerank).flat())
+    name = " ".join(
+        f"{k.removeprefix('rerank.')}={v}" for k, v in rerank_params.items() if k != "rerank"
+    )
     with mlflow.start_run(run_name=f"reranked {name}"[:250], tags=tags) as active:
-        log_params({**trained.data.params, **rerank_params})
+        # The trained run's own rerank.* values (if any) give way to this child's.
+        params = {k: v for k, v in trained.data.params.items() if not k.startswith(RERANK)}
+        log_params({**params, **rerank_params})
         log_eval_result(res)
     return {"run_id": active.info.run_id, **res.flat(with_ci=False)}
 

@@ -57,6 +57,8 @@ SKIP_PARAMS = {
     "resume",
     "parent_run_id",
     "sweep_key",
+    "train_key",
+    "rerank",  # the whole re-ranking config as JSON; its rerank.* values are compared
 }
 
 
@@ -462,12 +464,15 @@ def learning_curve(client: Any, run_id: str) -> list[tuple[int, float]]:
 
 
 def _short(text: str, limit: int = 40) -> str:
+    # Dotted names keep their last part (rerank.diversity.lambda=0.7 → lambda=0.7), so
+    # the values that differ fit beside the point.
+    text = re.sub(r"\b[\w]+\.(?=[\w.]*=)", "", text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def frontier_figure(table: pl.DataFrame, metric: str, x: str) -> Any:
     """The trade-off chart: ``metric`` (y) against ``x`` per run, CIs as error bars, each
-    point named by run and differing params, the Pareto-optimal runs joined by a line."""
+    point named by its differing params (else its run), the Pareto-optimal runs joined by a line."""
     import matplotlib.pyplot as plt
 
     xs, ys = table["x"].to_numpy(), table[metric].to_numpy()
@@ -485,7 +490,7 @@ def frontier_figure(table: pl.DataFrame, metric: str, x: str) -> Any:
                 errs[axis] = [[max(value - low, 0.0)], [max(high - value, 0.0)]]
         if errs:
             ax.errorbar([r["x"]], [r[metric]], **errs, fmt="none", ecolor="gray", capsize=3)
-        label = r["run"] + (f" {_short(r['params'])}" if r["params"] else "")
+        label = _short(r["params"]) if r["params"] else r["run"]
         ax.annotate(
             label, (r["x"], r[metric]), fontsize=7, xytext=(3, 3), textcoords="offset points"
         )

@@ -62,21 +62,19 @@ def test_lambda_one_is_the_model_ranking():
 
 
 def test_mmr_with_genre_jaccard():
-    # rel = 1, 2/3, 1/3, 0. Step 1 takes 1. Then 2 (same genre, sim 1): 1/3 - 1/2;
-    # 3 (sim 0): 1/6; 4 (sim 1/2): -1/4 → 3. Then 2 (-1/6) before 4 (-1/4).
-    items, scores = run(
-        {"diversity": {"method": "mmr", "lambda": 0.5, "similarity": "genres"}},
-        features(FOUR),
-        [[1, 2, 3, 4]],
-        [[4.0, 3.0, 2.0, 1.0]],
-        4,
-    )
-    assert items == [[1, 3, 2, 4]]
-    assert scores.tolist() == [[4.0, 2.0, 3.0, 1.0]]  # the model's scores, re-ordered
+    # Relevance exp(score - 4) = 1, .37, .14, .05. Step 1 takes 1. Then 2 (same genre,
+    # similarity 1): .18 - .5; 3 (0): .07; 4 (1/2): .02 - .25 → 3. Then 4's largest
+    # similarity is 1/2 against 2's 1: 4 before 2. With the mean (1/2 each) 2 goes first.
+    cfg = {"diversity": {"method": "mmr", "lambda": 0.5, "similarity": "genres"}}
+    items, scores = run(cfg, features(FOUR), [[1, 2, 3, 4]], [[4.0, 3.0, 2.0, 1.0]], 4)
+    assert items == [[1, 3, 4, 2]]
+    assert scores.tolist() == [[4.0, 2.0, 1.0, 3.0]]  # the model's scores, re-ordered
+    cfg["diversity"]["penalty"] = "mean"
+    assert run(cfg, features(FOUR), [[1, 2, 3, 4]], [[4.0, 3.0, 2.0, 1.0]], 4)[0] == [[1, 3, 2, 4]]
 
 
 def test_mmr_with_embeddings():
-    # Unit vectors at angles 0, .375, .75, 1.125 (items 1-4): item 4 is farthest from 1.
+    # Unit vectors at angles .375, .75, 1.125, 1.5 (items 1-4): item 4 is farthest from 1.
     items, _ = run(
         {"diversity": {"method": "mmr", "lambda": 0.3, "similarity": "embeddings"}},
         features(FOUR),
@@ -88,8 +86,9 @@ def test_mmr_with_embeddings():
 
 
 def test_calibration_known_answer():
-    # History {A}, {B}: p = (.5, .5). After item 1 (A), item 3 (B) brings the list's mix
-    # to p (KL 1.96 → 0), worth more than item 2's higher relevance at lambda .5, not at .9.
+    # History {A}, {B}: p = (.5, .5). After item 1 (A), item 3 (B, relevance e^-2) brings
+    # the list's mix to p (KL 1.96 → 0): at lambda .5 that beats item 2's relevance e^-1
+    # (.07 + .98 against .18), at .9 not (.12 + .20 against .33).
     feats = features([{"A"}, {"A"}, {"B"}])
     history = torch.tensor([[1, 3]])
     cfg = {"diversity": {"method": "calibration", "lambda": 0.5}}
@@ -129,7 +128,7 @@ def test_rules_block_pin_quota_boost():
     assert run({"rules": quota}, feats, cand, scores, 2)[0] == [[1, 3]]
     quota = {"quota": [{"field": "genres", "value": "B", "at_least": 2}]}
     assert run({"rules": quota}, feats, cand, scores, 3)[0] == [[1, 3, 4]]
-    boost = {"boost": {"newer_than": "1998-01-01", "by": 0.5}}  # item 2: 2/3 + .5 > 1
+    boost = {"boost": {"newer_than": "1998-01-01", "by": 0.7}}  # item 2: e^-1 + .7 > 1
     assert run({"rules": boost}, feats, cand, scores, 2)[0] == [[2, 1]]
 
 
@@ -164,6 +163,15 @@ def test_proportional_caps_follow_merit():
     cfg = RerankConfig.from_dict({"exposure": {"mode": "proportional"}}).exposure
     # 2 users x 1 slot: item 1 gets ceil(1.25 / 2 x 2) = 2 lists, item 2 ceil(.75) = 1.
     assert caps(cfg, 2, 1, 3, m).tolist() == [0, 2, 1, 0]
+    # 3 users who all slightly prefer item 1: merit 1.57 and 1.43 give each item 2 lists,
+    # so the third user (ties go to the earlier one) gets item 2.
+    cand, scores = [[1, 2]] * 3, [[0.1, 0.0]] * 3
+    m = merit(torch.tensor(cand), torch.tensor(scores), 4)
+    budget = caps(cfg, 3, 1, 4, m)
+    assert budget.tolist() == [0, 2, 2, 0, 0]
+    items, _ = run({"exposure": {"mode": "proportional"}}, features(FOUR), cand, scores, 1,
+                   budget=budget)  # fmt: skip
+    assert items == [[1], [1], [2]]
 
 
 # -- properties over random candidate sets -------------------------------------------

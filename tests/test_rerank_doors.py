@@ -141,7 +141,7 @@ def test_cli_refuses_a_bad_config_in_one_line(bundle, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert err[-1].endswith("unknown key 'diversity.lamda' in diversity; expected one of: "
-                            "method, lambda, similarity")  # fmt: skip
+                            "method, lambda, penalty, similarity")  # fmt: skip
     assert not (tmp_path / "o").exists()
 
 

@@ -55,6 +55,12 @@ class DiversityConfig:
         "weight of relevance against diversity (mmr: similarity to items already chosen; "
         "calibration: KL divergence from the user's genre mix); 1 = relevance only",
     )
+    penalty: str = option(
+        "max",
+        "mmr's redundancy of a candidate: its largest similarity to the items already in "
+        "the list (Carbonell & Goldstein's), or the mean (what intra-list diversity averages)",
+        choices=("max", "mean"),
+    )
     similarity: str | None = option(
         None,
         "item similarity for mmr",
@@ -239,8 +245,8 @@ class RerankConfig:
         out: dict[str, Any] = {}
 
         def walk(node: Any, prefix: str) -> None:
-            if isinstance(node, dict) and node:
-                for k, v in node.items():
+            if isinstance(node, dict):
+                for k, v in node.items():  # an empty table (no rules) gives nothing
                     walk(v, f"{prefix}.{k}")
             else:
                 out[prefix] = (

@@ -3,10 +3,11 @@
 Every method is the same loop of k steps over the whole chunk (no loop per user): at each
 step every row takes the candidate of highest marginal gain among those still allowed.
 
-- relevance: the model's scores min-max scaled to [0, 1] within each row's candidates,
-  plus ``rules.boost.by`` for items released after ``newer_than``;
+- relevance: each candidate's softmax probability over the row's candidates relative to
+  the best one's (exp(score - top score), so 1 for the top), plus ``rules.boost.by`` for
+  items released after ``newer_than``;
 - ``mmr`` (Carbonell & Goldstein, 1998): lambda x relevance - (1 - lambda) x the largest
-  similarity to the items already in the list;
+  similarity to the items already in the list (``penalty = "mean"``: the mean);
 - ``calibration`` (Steck, RecSys 2018): lambda x relevance - (1 - lambda) x the increase of
   KL(user's genre mix || list's genre mix); our lambda is 1 - Steck's;
 - rules: blocked items are never candidates; pinned items sit at their rank and count as
@@ -143,12 +144,13 @@ def _first_occurrence(items: torch.Tensor) -> torch.Tensor:
 
 
 def _relevance(scores: torch.Tensor, avail: torch.Tensor) -> torch.Tensor:
-    """Scores min-max scaled to [0, 1] over each row's available candidates."""
-    lo = scores.masked_fill(~avail, float("inf")).min(1, keepdim=True).values
-    hi = scores.masked_fill(~avail, NEG_INF).max(1, keepdim=True).values
-    span = hi - lo
-    ok = torch.isfinite(span) & (span > 0)
-    rel = torch.where(ok, (scores - lo) / torch.where(ok, span, 1.0), 1.0)
+    """Each available candidate's probability (a softmax of the scores over the row's
+    available candidates) relative to the best one's: 1 for the top, towards 0 for
+    candidates the model thinks far less likely. Chosen over min-max scaling on ml-100k
+    validation, where it traded less accuracy for the same diversity or calibration."""
+    s = scores.masked_fill(~avail, NEG_INF)
+    top = s.max(1, keepdim=True).values
+    rel = torch.exp(s - torch.where(torch.isfinite(top), top, 0.0))
     return rel.masked_fill(~avail, 0.0)
 
 
@@ -212,9 +214,13 @@ def allocate(
         feats = f.genres if plan.similarity == "genres" else f.vectors
         cf = feats[cand]  # (B, M, F)
         size = cf.sum(-1)  # genre set sizes (B, M)
+        # Similarity to the list so far: the largest (MMR's) or the sum (over n items).
+        mean = plan.cfg.diversity.penalty == "mean"
         maxsim = torch.zeros(B, M)
+        n_in_list = float(len(pinned))
         for j in range(len(pinned)):
-            maxsim = torch.maximum(maxsim, _sim(cf, size, feats[pin_items[:, j]], plan.similarity))
+            sim = _sim(cf, size, feats[pin_items[:, j]], plan.similarity)
+            maxsim = maxsim + sim if mean else torch.maximum(maxsim, sim)
     elif method == "calibration":
         p = f.genre_distribution(history)  # (B, G)
         item_dist = f.genres / f.genres.sum(-1, keepdim=True).clamp_min(1.0)  # (I + 1, G)
@@ -258,7 +264,8 @@ def allocate(
                     "candidate of that kind is left (raise candidates, or relax the rules)"
                 )
         if method == "mmr":
-            gain = lam * rel - (1 - lam) * maxsim
+            redundancy = maxsim / max(n_in_list, 1.0) if mean else maxsim
+            gain = lam * rel - (1 - lam) * redundancy
         elif method == "calibration":
             kl_old = kl_to_list(p, q_sum / max(n_chosen, 1.0))  # (B,)
             # KL(p || q_mix) = sum p log p - sum p log q_mix, with the list mixed in as
@@ -280,7 +287,8 @@ def allocate(
         avail[r, c] = False
         if method == "mmr":
             sim = _sim(cf[r], size[r], feats[item], plan.similarity)
-            maxsim[r] = torch.maximum(maxsim[r], sim)
+            maxsim[r] = maxsim[r] + sim if mean else torch.maximum(maxsim[r], sim)
+            n_in_list += 1
         elif method == "calibration":
             q_sum[r] += item_dist[item]
             n_chosen += 1  # rows that got nothing keep a smaller list; their mix is rescaled
