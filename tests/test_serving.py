@@ -390,6 +390,23 @@ def test_registered_model_served_over_rest(
         assert status == 200, body
         _assert_same(pd.DataFrame(body["predictions"]), _expected(api, MIXED * 5))
 
+        # A request's re-ranking (a JSON object) applies to its rows, as in the Python API.
+        top = expected["item_id"][0]
+        rerank = {"rules": {"block": [top]}, "diversity": {"method": "mmr", "lambda": 0.5}}
+        status, body = _post(
+            url, {"dataframe_records": [{"user_id": "3", "k": 4, "rerank": rerank}]}
+        )
+        assert status == 200, body
+        got = pd.DataFrame(body["predictions"])
+        assert top not in got["item_id"].tolist()
+        assert (
+            got["item_id"].tolist() == api.recommend(["3"], k=4, rerank=rerank)["item_id"].to_list()
+        )
+        status, body = _post(
+            url, {"dataframe_records": [{"user_id": "3", "rerank": {"diversity": {"lamda": 1}}}]}
+        )
+        assert status == 400 and "unknown key 'diversity.lamda'" in body["message"]
+
         status, body = _post(url, {"dataframe_records": [{"user_id": "ghost"}]})
         assert status == 400 and "request row 0: unknown user ID 'ghost'" in body["message"]
         status, body = _post(url, {"dataframe_records": [{"user_id": "3", "k": 0}]})
