@@ -199,7 +199,7 @@ def _budget(
         u = users[lo : lo + cfg.chunk_users]
         h, h_off = bundle.histories_of(u)
         cand, scores, _ = allocation.candidates(bundle, plan, h, h_off, cfg.k, not cfg.include_seen)
-        merit += exposure.merit(cand, scores, bundle.num_items)
+        merit += exposure.merit(cand, scores, bundle.num_items, plan.pinned)
         bar.update(len(u))
     bar.close()
     budget = allocation.start_budget(plan, len(users), cfg.k, merit)

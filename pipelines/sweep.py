@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sklearn.model_selection import ParameterGrid, ParameterSampler
@@ -26,6 +27,7 @@ from sklearn.model_selection import ParameterGrid, ParameterSampler
 from pipelines.train import TrainJobConfig
 from pipelines.train import run as train
 from recsys.allocation.config import RerankConfig
+from recsys.data.dataset import SequenceData
 from recsys.options import from_flat, option, parse_value
 from recsys.tracking import URI_HELP
 
@@ -70,9 +72,7 @@ def parse_pairs(items: list[str], many: bool) -> dict[str, list[Any]]:
             raise ValueError(f"{item!r}: expected name=value{',value...' if many else ''}")
         name = name.strip()
         raw = [v.strip() for v in values.split(",")] if many else [values.strip()]
-        if name.startswith(RERANK):
-            for v in raw:  # fails now, not after the first child trained
-                RerankConfig().with_overrides({name.removeprefix(RERANK): v})
+        if name.startswith(RERANK):  # checked per combination, on its base config (run)
             out[name] = raw
             continue
         name = name.replace("-", "_")
@@ -116,6 +116,11 @@ def run(cfg: SweepConfig) -> dict[str, Any]:
 
     shared = {k: v[0] for k, v in parse_pairs(cfg.set, many=False).items()}
     combos = combinations(cfg)
+    for overrides in combos:  # a bad re-ranking value fails now, not after hours of training
+        _split({**shared, **overrides})
+    # A model is reused only for the same options on the same data.
+    info = SequenceData.load(cfg.data).dataset_info()  # also: a bad folder fails now
+    data_id = {"data": str(Path(cfg.data).resolve()), "dataset_version": info["dataset_version"]}
     exp_id = setup(cfg.experiment, cfg.tracking_uri)
     client = mlflow.MlflowClient()
     sweep_id = _key(
@@ -166,7 +171,7 @@ def run(cfg: SweepConfig) -> dict[str, Any]:
             outcomes.append({**overrides, "status": "skipped (finished before)"})
             continue
         options, rerank = _split({**shared, **overrides})
-        train_key = _key(options)
+        train_key = _key({**options, **data_id})
         values = {
             "data": cfg.data,
             "experiment": cfg.experiment,

@@ -167,7 +167,8 @@ def run(cfg: TrainJobConfig) -> dict[str, Any]:
     eval_cfg = eval_config(cfg.fit, ks=tuple(cfg.eval_ks)).within(data.num_items)
     # Read and checked before training: a bad config fails now, not after an hour.
     rerank_params: dict[str, Any] = {}
-    rerank = RerankConfig.load(cfg.rerank) if cfg.rerank else None
+    given = cfg.rerank if cfg.rerank and cfg.rerank.lower() != "none" else None
+    rerank = RerankConfig.load(given) if given else None
     if rerank is not None:
         rerank_params = rerank.flat()
         if rerank.is_noop:  # the model's own lists: nothing to store or apply

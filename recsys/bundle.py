@@ -69,6 +69,7 @@ class Bundle:
     _indexes: dict[str, tuple[Any, np.ndarray]] = field(default_factory=dict)
     _dicts: dict[str, dict[str, int]] = field(default_factory=dict)
     _features: Any = None
+    _plans: dict[str, Any] = field(default_factory=dict)  # compiled re-ranking configs
 
     @property
     def dataset(self) -> dict[str, Any]:

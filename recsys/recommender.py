@@ -241,6 +241,8 @@ class Recommender(BaseEstimator):
         """
         self._check_k(k)
         user_ids = [str(u) for u in user_ids]  # any iterable, once
+        if exclude_items is not None:
+            exclude_items = list(exclude_items)  # read again per chunk and pass
         users = self._user_idx(user_ids)
         plan = allocation.plan_for(self.bundle, rerank)
         if plan is not None:

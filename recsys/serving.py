@@ -57,6 +57,10 @@ MAX_PLANS = 16  # compiled re-ranking configs kept between requests
 ANSWER_COLUMNS = pd.Index(["request", "user_id", "rank", "item_id", "score"])
 
 
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
+
+
 def _q(value: Any) -> str:  # request data in an error message, cut short
     return quote(value, QUOTE_CHARS)
 
@@ -181,7 +185,8 @@ class RecsysModel(mlflow.pyfunc.PythonModel):
     def _plan(self, column: pd.Series | None) -> allocation.Plan | None:
         """The request's re-ranking: its ``rerank`` value (one for all rows that give
         one: a JSON object, or its text; ``{}`` for none), else the model's stored one."""
-        given = [] if column is None else [v for v in column.tolist() if v is not None]
+        # Rows without one hold None, or NaN where pandas filled the column in.
+        given = [] if column is None else [v for v in column.tolist() if not _missing(v)]
         docs = []
         for v in given:
             if isinstance(v, str):
@@ -320,9 +325,6 @@ def _rerank(
             f"rows ask for different k ({distinct[:5].tolist()}); with exposure rules all "
             "rows of a request share one k"
         )
-    labels = row_user.copy()
-    for i in np.flatnonzero(pd.isna(row_user)):
-        labels[i] = f"(history of request row {i})"
     for k in distinct:
         rows = np.flatnonzero(ks == k)
         plan.check_k(int(k))
@@ -331,13 +333,25 @@ def _rerank(
             for lo in range(0, len(rows), CHUNK_ROWS):
                 r = rows[lo : lo + CHUNK_ROWS]
                 h, h_off = gather_ragged(values, start[r], stop[r])
-                yield h, h_off, None, labels[r]
+                yield h, h_off, None, _RowNames(row_user, r)
 
         lists = allocation.rerank_users(bundle, plan, chunks, len(rows), int(k))
         for lo, (it, sc) in zip(range(0, len(rows), CHUNK_ROWS), lists, strict=True):
             r = rows[lo : lo + CHUNK_ROWS]
             items[r, :k], scores[r, :k] = it, sc
     return items, scores
+
+
+class _RowNames:
+    """How an error names chunk row ``i``: its user ID, or its request row for a history
+    (made only when an error needs it)."""
+
+    def __init__(self, row_user: np.ndarray, rows: np.ndarray):
+        self.row_user, self.rows = row_user, rows
+
+    def __getitem__(self, i: int) -> str:
+        user = self.row_user[self.rows[i]]
+        return f"(history of request row {self.rows[i]})" if _missing(user) else user
 
 
 def _with_reasons(

@@ -354,3 +354,45 @@ def test_plan_checks_the_items():
     plan = compile_plan(RerankConfig.from_dict({"rules": {"pin": {"1": 4}}}), feats)
     with pytest.raises(ValueError, match="puts item '1' at rank 4, but lists have 3 slots"):
         plan.check_k(3)
+
+
+def test_mmr_counts_a_negative_cosine_as_less_redundant_than_none():
+    # Item 3 points away from item 1, item 2 is orthogonal: MMR takes 3 second.
+    ids = np.array(["", "1", "2", "3"], dtype=object)
+    vecs = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    feats = ItemFeatures(ids, (), None, vecs, None)
+    cfg = {"diversity": {"method": "mmr", "lambda": 0.5, "similarity": "embeddings"}}
+    assert run(cfg, feats, [[1, 2, 3]], [[1.0, 1.0, 1.0]], 2)[0] == [[1, 3]]
+
+
+def test_merit_counts_an_item_once_per_user_and_skips_pins():
+    m = merit(torch.tensor([[1, 2, 1]]), torch.zeros(1, 3), 3)
+    assert m.tolist() == pytest.approx([0.0, 0.5, 0.5, 0.0])
+    m = merit(torch.tensor([[1, 2, 3]]), torch.zeros(1, 3), 3, skip=torch.tensor([3]))
+    assert m.tolist() == pytest.approx([0.0, 0.5, 0.5, 0.0])
+
+
+def test_a_quota_the_exposure_caps_starve_names_the_caps():
+    # One item of genre A, in at most ceil(0.5 x 4) = 2 lists: the third user cannot have one.
+    feats = features([{"A"}, {"B"}, {"B"}, {"B"}])
+    cfg = {"exposure": {"max_share": 0.5},
+           "rules": {"quota": [{"field": "genres", "value": "A", "at_least": 1}]}}  # fmt: skip
+    plan = compile_plan(RerankConfig.from_dict(cfg), feats)
+    budget = caps(plan.cfg.exposure, 4, 2, 4)
+    with pytest.raises(ValueError, match=r"row 2: cannot meet .* reached their exposure cap"):
+        allocate(plan, torch.tensor([[1, 2, 3, 4]] * 4), torch.zeros(4, 4),
+                 torch.zeros(4, 1, dtype=torch.long), 2, budget)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "doc, message",
+    [
+        ({"exposure": {}}, "give max_share"),
+        ({"rules": {"boost": {"newer_than": "2000-01-01", "by": float("inf")}}}, "a finite"),
+        ({"diversity": {"lambda": float("nan")}}, "expected 0 <= lambda <= 1"),
+        ({"diversity": {"penalty": "min"}}, r"expected one of \('max', 'mean'\)"),
+    ],
+)
+def test_impossible_values_are_refused(doc, message):
+    with pytest.raises(ValueError, match=message):
+        RerankConfig.from_dict(doc)

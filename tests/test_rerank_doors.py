@@ -223,6 +223,10 @@ def test_stored_config_serves_behind_every_door(tmp_path, make_prepared, success
         got["item_id"].tolist()
         == rec.recommend(users[:3], k=5, rerank={"rules": {"block": ["9"]}})["item_id"].to_list()
     )
+    # Rows that give none take the one a row gives (pandas fills them with NaN).
+    partial = pd.DataFrame([{"user_id": users[0], "k": 5, "rerank": {"rules": {"block": ["9"]}}},
+                            {"user_id": users[1], "k": 5}])  # fmt: skip
+    assert "9" not in model.predict(None, partial)["item_id"].tolist()
     none = model.predict(None, ask.assign(rerank=["{}"] * 3))
     assert none["item_id"].tolist() == plain.head(15)["item_id"].to_list()
     from mlflow.exceptions import MlflowException
@@ -270,3 +274,7 @@ def test_sweep_over_rerank_values_trains_once(tmp_path, capsys, make_prepared, s
     # Again: nothing left to run.
     assert main(args) == 0
     assert capsys.readouterr().out.count("skipped (finished before)") == 3
+    # A value the config refuses stops the sweep before anything trains.
+    bad = [*args[:7], "--grid", "rerank.diversity.lambda=1,2", *args[9:]]
+    assert main(bad) == 2
+    assert "diversity.lambda = 2" in capsys.readouterr().err

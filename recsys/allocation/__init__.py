@@ -14,6 +14,7 @@ whole job.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,16 @@ def plan_for(bundle: Any, rerank: RerankSpec) -> Plan | None:
     if rerank is True:
         raise ValueError("rerank=True: give a config (a TOML path or dict), None or False")
     cfg = RerankConfig.load(rerank)
-    return None if cfg.is_noop else compile_plan(cfg, bundle.features)
+    if cfg.is_noop:
+        return None
+    # Compiled once per config and bundle: a single-user call should not pay for it.
+    key = cfg.to_json()
+    plans = bundle._plans
+    if key not in plans:
+        if len(plans) >= 16:
+            plans.clear()
+        plans[key] = compile_plan(cfg, bundle.features)
+    return plans[key]
 
 
 def extra_candidates(
@@ -71,8 +81,9 @@ def extra_candidates(
     exclude: torch.Tensor | None,
 ) -> torch.Tensor:
     """(B, E) items every list must be able to take beyond the retrieved ones: the
-    pinned items, and for each ``at_least`` quota the best ``at_least`` items of its
-    group (by dot product; ``exclude`` (B, H) and blocked items left out, 0 = none).
+    pinned items, and for each ``at_least`` quota the best ``candidates`` items of its
+    group (by dot product; ``exclude`` (B, H) and blocked items left out, 0 = none), so
+    that exposure caps on the group's favourites leave others to meet the quota.
     Duplicates of retrieved candidates are dropped later by :func:`allocate`."""
     B = users.shape[0]
     parts = [torch.tensor([i for i, _ in plan.pins], dtype=torch.long).expand(B, -1)]
@@ -80,7 +91,7 @@ def extra_candidates(
         idx = members.nonzero()[:, 0]  # (G,)
         pos = torch.full((len(members),), -1, dtype=torch.long)
         pos[idx] = torch.arange(len(idx))
-        n = min(rule.at_least, len(idx))
+        n = min(max(rule.at_least, plan.cfg.candidates), len(idx))
         best = torch.zeros(B, n, dtype=torch.long)
         step = max(1, BLOCK_ELEMENTS // max(len(idx), 1))
         for lo in range(0, B, step):
@@ -192,9 +203,17 @@ def rerank_users(
         merit_total = torch.zeros(bundle.num_items + 1, dtype=torch.float64)
         for flat, offsets, exclude, _ in chunks():
             cand, scores, _ = candidates(bundle, plan, flat, offsets, k, exclude_seen, exclude)
-            merit_total += exposure.merit(cand, scores, bundle.num_items)
+            merit_total += exposure.merit(cand, scores, bundle.num_items, plan.pinned)
     budget = start_budget(plan, num_users, k, merit_total)
-    return [
+    out = [
         rerank_chunk(bundle, plan, flat, offsets, k, exclude_seen, exclude, budget, ids)
         for flat, offsets, exclude, ids in chunks()
     ]
+    short = sum(int((items == 0).any(1).sum()) for items, _ in out)
+    if short:
+        warnings.warn(
+            f"{short} of {num_users} lists are shorter than k={k}: the re-ranking left no "
+            "allowed candidate (exposure caps, rules); raise candidates in the config",
+            stacklevel=3,
+        )
+    return out

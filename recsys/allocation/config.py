@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -89,7 +90,9 @@ class ExposureConfig:
     def __post_init__(self) -> None:
         if self.max_share is not None and not 0.0 < self.max_share <= 1.0:
             raise ValueError(f"exposure.max_share = {self.max_share}: expected 0 < share <= 1")
-        if self.mode is None and self.max_share is not None:
+        if self.mode is None and self.max_share is None:
+            raise ValueError("exposure: give max_share (e.g. 0.05) or mode = 'proportional'")
+        if self.mode is None:
             self.mode = "max_share"
         if self.mode == "max_share" and self.max_share is None:
             raise ValueError("exposure.mode = 'max_share' needs exposure.max_share (e.g. 0.05)")
@@ -131,8 +134,8 @@ class BoostRule:
     by: float = option(0.1, "added to the relevance, which runs from 0 to 1 within a list")
 
     def __post_init__(self) -> None:
-        if not self.by >= 0.0:
-            raise ValueError(f"rules.boost.by = {self.by}: expected 0 or more")
+        if not (math.isfinite(self.by) and self.by >= 0.0):
+            raise ValueError(f"rules.boost.by = {self.by}: expected a finite number, 0 or more")
 
 
 @dataclass

@@ -28,10 +28,21 @@ from recsys.allocation.config import ExposureConfig
 TOLERANCE = 1e-9  # 0.05 x 943 users is 47.15 lists, not 47.150000000000006
 
 
-def merit(cand: torch.Tensor, scores: torch.Tensor, num_items: int) -> torch.Tensor:
+def merit(
+    cand: torch.Tensor,
+    scores: torch.Tensor,
+    num_items: int,
+    skip: torch.Tensor | None = None,
+) -> torch.Tensor:
     """(I + 1,) float64: each item's softmax probability summed over the B rows of
-    candidates ``cand`` (B, M) with scores (B, M) (-inf or item 0 = none)."""
-    s = scores.double().masked_fill(cand <= 0, float("-inf"))
+    candidates ``cand`` (B, M) with scores (B, M) (-inf or item 0 = none). An item listed
+    twice in a row counts once; items in ``skip`` (pinned: exempt from budgets) not at all."""
+    from recsys.allocation.greedy import first_occurrence
+
+    drop = (cand <= 0) | ~first_occurrence(cand)
+    if skip is not None and len(skip):
+        drop |= torch.isin(cand, skip)
+    s = scores.double().masked_fill(drop, float("-inf"))
     prob = torch.softmax(s, dim=1).nan_to_num(0.0)  # a row with no candidate: all NaN
     out = torch.zeros(num_items + 1, dtype=torch.float64)
     out.index_add_(0, cand.reshape(-1).clamp_min(0), prob.reshape(-1))

@@ -9,6 +9,7 @@ is padding (no genres, a zero vector).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -35,6 +36,11 @@ class ItemFeatures:
     @property
     def num_items(self) -> int:
         return len(self.item_ids) - 1
+
+    @functools.cached_property
+    def index_of(self) -> dict[str, int]:
+        """Raw item ID → item index (built on first use)."""
+        return {str(item): i for i, item in enumerate(self.item_ids) if i}
 
     @property
     def has_genres(self) -> bool:

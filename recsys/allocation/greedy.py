@@ -55,6 +55,11 @@ class Plan:
         return None if d is None or d.lambda_ == 1.0 else d.method
 
     @property
+    def pinned(self) -> torch.Tensor:
+        """(P,) the pinned item indices."""
+        return torch.tensor([i for i, _ in self.pins], dtype=torch.long)
+
+    @property
     def at_least(self) -> list[tuple[QuotaRule, torch.Tensor]]:
         return [(r, m) for r, m in self.quotas if r.at_least]
 
@@ -85,9 +90,10 @@ def compile_plan(cfg: RerankConfig, features: ItemFeatures) -> Plan:
         Unknown item IDs or genres, or a method or rule the item metadata cannot serve
         (genres for calibration, quotas and genre similarity; release dates for a boost).
     """
-    lookup = {str(item): i for i, item in enumerate(features.item_ids) if i}
-
     def indices(ids: list[str], what: str) -> list[int]:
+        if not ids:
+            return []
+        lookup = features.index_of
         unknown = [i for i in ids if i not in lookup]
         if unknown:
             raise ValueError(f"{what}: unknown item ID(s) {unknown[:5]}")
@@ -133,7 +139,7 @@ def compile_plan(cfg: RerankConfig, features: ItemFeatures) -> Plan:
     return Plan(cfg, features, block, pins, quotas, boost, similarity)
 
 
-def _first_occurrence(items: torch.Tensor) -> torch.Tensor:
+def first_occurrence(items: torch.Tensor) -> torch.Tensor:
     """(B, M) True at the first occurrence of each item in its row."""
     sorted_items, order = torch.sort(items, dim=1, stable=True)
     dup = torch.zeros_like(items, dtype=torch.bool)
@@ -152,6 +158,15 @@ def _relevance(scores: torch.Tensor, avail: torch.Tensor) -> torch.Tensor:
     top = s.max(1, keepdim=True).values
     rel = torch.exp(s - torch.where(torch.isfinite(top), top, 0.0))
     return rel.masked_fill(~avail, 0.0)
+
+
+def _why(budget: torch.Tensor | None) -> str:
+    if budget is None:
+        return " (raise candidates, or relax the rules)"
+    return (
+        " or the others reached their exposure cap (raise candidates or the cap, or relax "
+        "the rules)"
+    )
 
 
 def _who(user_ids: Any, row: int) -> str:
@@ -195,7 +210,7 @@ def allocate(
     B, M = cand.shape
     f = plan.features
     scores = scores.float()
-    avail = (cand > 0) & torch.isfinite(scores) & _first_occurrence(cand)
+    avail = (cand > 0) & torch.isfinite(scores) & first_occurrence(cand)
     pinned = torch.tensor([i for i, _ in plan.pins], dtype=torch.long)
     pin_cols = []
     for item, _ in plan.pins:
@@ -216,7 +231,8 @@ def allocate(
         size = cf.sum(-1)  # genre set sizes (B, M)
         # Similarity to the list so far: the largest (MMR's) or the sum (over n items).
         mean = plan.cfg.diversity.penalty == "mean"
-        maxsim = torch.zeros(B, M)
+        # -inf: nothing in the list yet (a negative cosine is less redundant than none).
+        maxsim = torch.zeros(B, M) if mean else torch.full((B, M), NEG_INF)
         n_in_list = float(len(pinned))
         for j in range(len(pinned)):
             sim = _sim(cf, size, feats[pin_items[:, j]], plan.similarity)
@@ -261,10 +277,13 @@ def allocate(
                 )  # fmt: skip
                 raise ValueError(
                     f"{_who(user_ids, row)}: cannot meet rules.{rule.describe()}: no allowed "
-                    "candidate of that kind is left (raise candidates, or relax the rules)"
+                    f"candidate of that kind is left{_why(budget)}"
                 )
         if method == "mmr":
-            redundancy = maxsim / max(n_in_list, 1.0) if mean else maxsim
+            if mean:
+                redundancy = maxsim / max(n_in_list, 1.0)
+            else:
+                redundancy = torch.where(torch.isfinite(maxsim), maxsim, 0.0)
             gain = lam * rel - (1 - lam) * redundancy
         elif method == "calibration":
             kl_old = kl_to_list(p, q_sum / max(n_chosen, 1.0))  # (B,)
@@ -299,7 +318,7 @@ def allocate(
             row = int((c < rule.at_least).nonzero()[0])
             raise ValueError(
                 f"{_who(user_ids, row)}: cannot meet rules.{rule.describe()}: too few such "
-                "candidates (raise candidates, or relax the rules)"
+                f"candidates{_why(budget)}"
             )
     return _assemble(plan, chosen, chosen_scores, scores, pin_cols, k)
 
@@ -354,7 +373,8 @@ def _assemble(
     k: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pinned items at their ranks, the chosen ones in order around them; empty slots
-    (nothing allowed was left) go last."""
+    (nothing allowed was left) go after the chosen ones (a pin keeps its rank, even
+    behind empty slots)."""
     B = chosen.shape[0]
     items = torch.zeros(B, k, dtype=torch.long)
     out_scores = torch.full((B, k), NEG_INF)

@@ -260,7 +260,7 @@ def evaluate(
             for lo in chunks:
                 _, users, history_cpu, bias, targets, exclude = chunk(lo)
                 cand, cs = _candidates(rerank, users, item_vecs, exclude, bias, max_k)
-                merit_total += exposure.merit(cand, cs, data.num_items)
+                merit_total += exposure.merit(cand, cs, data.num_items, rerank.pinned)
         budget = allocation.start_budget(rerank, len(st.users), max_k, merit_total)
     bar = tqdm(total=len(st.users), desc=f"evaluate {st.name}", unit="user", disable=not progress)
     for lo in chunks:
