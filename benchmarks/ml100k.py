@@ -61,7 +61,7 @@ def main() -> None:
         values = {
             "data": str(data),
             "experiment": args.experiment,
-            "include_seen_in_eval": args.include_seen,
+            "history": "include" if args.include_seen else "exclude",
             "progress": False,
             **spec,
         }

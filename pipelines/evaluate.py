@@ -19,6 +19,7 @@ from recsys.evaluation.metrics import bootstrap_ci
 from recsys.explain.faithfulness import measure
 from recsys.options import option, to_flat
 from recsys.tracking import URI_HELP, log_eval_result, log_params, protocol_label, setup
+from recsys.training.derive import HISTORY
 
 
 @dataclass
@@ -28,8 +29,11 @@ class EvaluateJobConfig:
     model: str = option(help="MLflow run id, models:/NAME/VERSION, or a bundle folder")
     data: str = option(help="prepared-dataset folder the model was trained on")
     stage: str = option("test", "which targets", choices=("valid", "test"))
-    include_seen_in_eval: bool = option(
-        False, "rank the user's history items too (RecBole's way); default: excluded"
+    history: str = option(
+        "auto",
+        "items of the user's history: exclude them (a target already in the history is "
+        "then a miss: no door would show it), include them, or auto: the model's choice",
+        choices=HISTORY,
     )
     protocol: str = option(
         "full", "full ranking, or the paper's 100 sampled negatives", choices=PROTOCOLS
@@ -70,7 +74,7 @@ def run(cfg: EvaluateJobConfig) -> dict[str, Any]:
             "evaluate on the prepared dataset it was trained on"
         )
     eval_cfg = EvalConfig(
-        ks=tuple(cfg.eval_ks), exclude_seen=not cfg.include_seen_in_eval, protocol=cfg.protocol
+        ks=tuple(cfg.eval_ks), exclude_seen=bundle.exclude_seen(cfg.history), protocol=cfg.protocol
     )
     eval_cfg = eval_cfg.within(data.num_items)
     if cfg.log:  # before evaluating: a tracking server that is down fails at once

@@ -21,6 +21,9 @@ class GenerateConfig:
     interactions: int = option(100_000, "total events, at least 3 per user")
     seed: int = option(0, "random seed")
     clusters: int = option(20, "user taste clusters")
+    p_repeat: float = option(
+        0.0, "probability that an event repeats one of the user's last 5 items (0: none)"
+    )
 
 
 def run(config: GenerateConfig) -> dict[str, int]:
@@ -42,5 +45,6 @@ def run(config: GenerateConfig) -> dict[str, int]:
         interactions=config.interactions,
         seed=config.seed,
         clusters=config.clusters,
+        p_repeat=config.p_repeat,
     )
     return generate(spec, config.output)

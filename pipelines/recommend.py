@@ -11,19 +11,28 @@ folder itself as one table: the parts, ``_job.parquet`` (written first: the job'
 arguments, to refuse a resume with other ones) and ``_manifest.parquet`` (written last:
 model, K, counts). Both are empty tables of the parts' schema whose JSON sits in the
 Parquet key-value metadata; :func:`read_manifest` reads it.
+
+Two engines write the parts with the same function, :func:`write_part`: ``local`` (the
+default) one chunk after another in this process, and ``ray``
+(:mod:`pipelines.recommend_ray`) on a pool of Ray actors, on this machine or a cluster.
+The engine is not one of the job's arguments: a job begun on one may be finished on the
+other.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from dataclasses import dataclass
+import socket
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
@@ -35,9 +44,10 @@ from recsys.data.readers import LIBRARY_ERRORS, library_message
 from recsys.explain import DEFAULT_METHOD, explain_chunk, reasons
 from recsys.explain.attribution import METHODS
 from recsys.io import atomic_file, check_output_folder, remove_stale_temporaries, sha256_file
-from recsys.options import option
+from recsys.options import check_choices, option
 from recsys.scoring import RESULT_SCHEMA, results_frame, score_chunk
-from recsys.tracking import URI_HELP
+from recsys.tracking import URI_HELP, resolve_uri
+from recsys.training.derive import HISTORY
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +55,8 @@ JOB, MANIFEST = "_job.parquet", "_manifest.parquet"
 EXPOSURE = "_exposure.parquet"  # proportional exposure: every item's lists, from a first pass
 OWNED = ("part-*.parquet", JOB, MANIFEST, EXPOSURE)  # every file the job writes
 META_KEY = b"recsys"  # the Parquet key-value metadata entry holding the JSON
+ENGINES = ("local", "ray")
+EXPLAIN_SCHEMA = {"because": pl.List(pl.String), "because_weight": pl.List(pl.Float32)}
 
 
 @dataclass
@@ -57,7 +69,12 @@ class RecommendConfig:
         "all", "'all', or a file of user IDs (.txt, or .csv/.parquet with a user_id column)"
     )
     k: int = option(100, "recommendations per user")
-    include_seen: bool = option(False, "allow items of the user's history")
+    history: str = option(
+        "auto",
+        "items of the user's history: exclude them, include them (ranked with the model's "
+        "repeat term), or auto: what the model decided from its training data",
+        choices=HISTORY,
+    )
     chunk_users: int = option(10_000, "users per part")
     explain: int = option(
         0,
@@ -78,15 +95,32 @@ class RecommendConfig:
         "MLflow tracking URI (for run ids)",
         default_text=URI_HELP,
     )
+    engine: str = option(
+        "local",
+        "where the parts are written: 'local', one chunk after another in this process; "
+        "'ray', on a pool of Ray actors (pip install 'recsys[ray]'), on this machine or "
+        "a cluster (--ray-address); re-ranking with exposure budgets runs locally only",
+        choices=ENGINES,
+    )
+    ray_address: str | None = option(
+        None,
+        "with --engine ray: the head of a running Ray cluster (HOST:PORT, as given to "
+        "`ray start --address`; 'auto': the one started on this machine)",
+        default_text="start a Ray on this machine for the job and stop it after",
+    )
+    ray_actors: int = option(2, "with --engine ray: actors in the pool, each loads the model")
     progress: bool = option(True, "progress bars")
 
     def __post_init__(self) -> None:
+        check_choices(self)
         if self.k < 1:
             raise ValueError(f"k={self.k}: expected at least 1")
         if self.explain < 0:
             raise ValueError(f"explain={self.explain}: expected 0 (none) or more")
         if self.chunk_users < 1:
             raise ValueError(f"chunk_users={self.chunk_users}: expected at least 1")
+        if self.ray_actors < 1:
+            raise ValueError(f"ray_actors={self.ray_actors}: expected at least 1")
 
 
 def read_user_ids(path: str | Path) -> list[str]:
@@ -123,8 +157,11 @@ def read_user_ids(path: str | Path) -> list[str]:
 
 
 def _write_meta(path: Path, doc: dict[str, Any]) -> None:
-    """An empty table of the parts' schema carrying ``doc`` as JSON metadata, atomically."""
-    table = pl.DataFrame(schema=RESULT_SCHEMA).to_arrow()
+    """An empty table of the parts' schema (with the reasons' columns when ``doc`` is an
+    ``--explain`` job's, so that polars reads the folder as one table) carrying ``doc`` as
+    JSON metadata, atomically."""
+    schema = {**RESULT_SCHEMA, **(EXPLAIN_SCHEMA if doc.get("explain") else {})}
+    table = pl.DataFrame(schema=schema).to_arrow()
     table = table.replace_schema_metadata({META_KEY: json.dumps(doc)})
     with atomic_file(path) as tmp:
         pq.write_table(table, tmp)
@@ -198,7 +235,8 @@ def _budget(
     for lo in chunks:
         u = users[lo : lo + cfg.chunk_users]
         h, h_off = bundle.histories_of(u)
-        cand, scores, _ = allocation.candidates(bundle, plan, h, h_off, cfg.k, not cfg.include_seen)
+        exclude = bundle.exclude_seen(cfg.history)
+        cand, scores, _ = allocation.candidates(bundle, plan, h, h_off, cfg.k, exclude)
         merit += exposure.merit(cand, scores, bundle.num_items, plan.pinned)
         bar.update(len(u))
     bar.close()
@@ -207,8 +245,92 @@ def _budget(
     return budget
 
 
+def write_part(
+    bundle: Bundle,
+    plan: allocation.Plan | None,
+    cfg: RecommendConfig,
+    path: Path,
+    users: np.ndarray,
+    raw_ids: np.ndarray,
+    budget: torch.Tensor | None = None,
+) -> tuple[int, int]:
+    """Score one chunk of users (re-rank, explain) and write its part atomically; return
+    (rows written, users whose list the re-ranking left short).
+
+    Both engines call it, so a part is the same whichever wrote it. ``budget``: the job's
+    exposure budget, spent in place (the local engine only).
+    """
+    h, h_off = bundle.histories_of(users)
+    short = 0
+    exclude = bundle.exclude_seen(cfg.history)
+    if plan is None:
+        items, scores = score_chunk(bundle, h, h_off, cfg.k, exclude_seen=exclude)
+    else:
+        items, scores = allocation.rerank_chunk(
+            bundle, plan, h, h_off, cfg.k, exclude, None, budget, raw_ids
+        )
+        short = int((items == 0).any(1).sum())
+    df = results_frame(bundle, raw_ids, items, scores)
+    if cfg.explain:
+        ex = explain_chunk(bundle, h, h_off, items, method=cfg.explain_method)
+        because, weight = reasons(bundle, ex, cfg.explain)
+        keep = pl.Series((items > 0).ravel())  # the rows results_frame kept
+        df = df.with_columns(because.filter(keep), weight.filter(keep))
+    with atomic_file(path) as tmp:
+        df.write_parquet(tmp)
+    return df.height, short
+
+
+def part_path(out: Path, part: int) -> Path:
+    return out / f"part-{part:05d}.parquet"
+
+
+class PartWriter:
+    """The Ray engine's callable class: one per actor, it loads the model once and then
+    writes whole parts with :func:`write_part`, given batches of rows ``part``,
+    ``user_idx`` (list), ``user_id`` (list); it returns per part ``part``, ``users``,
+    ``rows``, ``short``.
+
+    ``rerank``: the job's re-ranking config (False: none), compiled here against this
+    actor's bundle; ``weights_sha256``: the job's model, which every actor must load.
+    """
+
+    def __init__(self, cfg: RecommendConfig, rerank: Any, weights_sha256: str) -> None:
+        self.cfg = cfg
+        if not (Path(cfg.output) / JOB).is_file():  # the driver wrote it before any part
+            raise ValueError(
+                f"--output {cfg.output!r} is not on Ray node {socket.gethostname()!r}: on a "
+                "cluster it must be a folder every node sees (a shared file system)"
+            )
+        self.bundle = load_bundle(resolve_model(cfg.model, cfg.tracking_uri))
+        got = sha256_file(self.bundle.path / "weights.pt")
+        if got != weights_sha256:
+            raise ValueError(
+                f"model {cfg.model!r} is another model on this Ray node (weights "
+                f"{got[:12]}, the job's {weights_sha256[:12]}): every node must see the same"
+            )
+        self.plan = allocation.plan_for(self.bundle, rerank)
+
+    def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
+        out = Path(self.cfg.output)
+        done: dict[str, list[int]] = {"part": [], "users": [], "rows": [], "short": []}
+        for i, part in enumerate(batch.column("part").to_pylist()):
+            users = batch.column("user_idx")[i].values.to_numpy(zero_copy_only=False)
+            ids = np.asarray(batch.column("user_id")[i].values.to_pylist(), dtype=object)
+            rows, short = write_part(
+                self.bundle, self.plan, self.cfg, part_path(out, part), users, ids
+            )
+            for key, value in zip(done, (part, len(users), rows, short), strict=True):
+                done[key].append(value)
+        return {key: np.asarray(values, dtype=np.int64) for key, values in done.items()}
+
+
 def run(cfg: RecommendConfig) -> dict[str, Any]:
     """Write (or finish writing) the recommendations; return the manifest."""
+    if cfg.engine == "ray":
+        from pipelines import recommend_ray
+
+        recommend_ray.import_ray()  # before anything is read or written
     out = Path(cfg.output)
     check_output_folder(
         out,
@@ -223,13 +345,20 @@ def run(cfg: RecommendConfig) -> dict[str, Any]:
     plan = allocation.plan_for(bundle, cfg.rerank)
     if plan is not None:
         plan.check_k(cfg.k)
+        if cfg.engine == "ray" and plan.cfg.exposure is not None:
+            raise ValueError(
+                "--engine ray cannot re-rank with exposure budgets ([exposure]): each chunk "
+                "spends what the chunks before it left, so the chunks run one after "
+                "another; use --engine local (diversity, calibration and rules run on Ray)"
+            )
     job = {
         "model": cfg.model,
         "weights_sha256": sha256_file(bundle.path / "weights.pt"),
         "users": cfg.users if cfg.users == "all" else sha256_file(cfg.users),
         "num_users": len(users),
         "k": cfg.k,
-        "include_seen": cfg.include_seen,
+        # What the doors do, whether asked for or the model's choice (auto).
+        "history": "exclude" if bundle.exclude_seen(cfg.history) else "include",
         "chunk_users": cfg.chunk_users,
         "explain": cfg.explain,
         "explain_method": cfg.explain_method,
@@ -244,47 +373,21 @@ def run(cfg: RecommendConfig) -> dict[str, Any]:
                 f"{str(out)!r} holds the output of another job ({previous}); resume only "
                 "with the same arguments, or write to another --output"
             )
-    out.mkdir(parents=True, exist_ok=True)
-    for pattern in OWNED:  # what a killed run was writing
-        remove_stale_temporaries(out, pattern)
-    (out / MANIFEST).unlink(missing_ok=True)  # the job is not finished until rewritten
-    _write_meta(out / JOB, job)
-
-    chunks = range(0, len(users), cfg.chunk_users)
-    budget = None if plan is None else _budget(bundle, plan, cfg, out, users, chunks)
-    bar = tqdm(total=len(users), desc="recommend", unit="user", disable=not cfg.progress)
-    rows = written = short = 0
-    for part, lo in enumerate(chunks):
-        path = out / f"part-{part:05d}.parquet"
-        u = users[lo : lo + cfg.chunk_users]
-        if path.is_file():  # finished by an earlier, interrupted run
-            done = pl.read_parquet(path, columns=["item_id"])["item_id"]
-            if budget is not None:  # what those lists took, as the first run spent it
-                exposure.spend(budget, bundle.item_indices(done)[0], [i for i, _ in plan.pins])
-            rows += done.len()
-            bar.update(len(u))
-            continue
-        h, h_off = bundle.histories_of(u)
-        if plan is None:
-            items, scores = score_chunk(bundle, h, h_off, cfg.k, exclude_seen=not cfg.include_seen)
+    with contextlib.ExitStack() as stack:
+        if cfg.engine == "ray":  # joined or started before the output is touched
+            stack.enter_context(recommend_ray.session(cfg.ray_address))
+        out.mkdir(parents=True, exist_ok=True)
+        for pattern in OWNED:  # what a killed run was writing
+            remove_stale_temporaries(out, pattern)
+        (out / MANIFEST).unlink(missing_ok=True)  # the job is not finished until rewritten
+        _write_meta(out / JOB, job)
+        chunks = range(0, len(users), cfg.chunk_users)
+        bar = tqdm(total=len(users), desc="recommend", unit="user", disable=not cfg.progress)
+        if cfg.engine == "ray":
+            rows, written, short = _run_ray(cfg, plan, job, out, users, raw_ids, chunks, bar)
         else:
-            ids = raw_ids[lo : lo + cfg.chunk_users]
-            items, scores = allocation.rerank_chunk(
-                bundle, plan, h, h_off, cfg.k, not cfg.include_seen, None, budget, ids
-            )
-            short += int((items == 0).any(1).sum())
-        df = results_frame(bundle, raw_ids[lo : lo + cfg.chunk_users], items, scores)
-        if cfg.explain:
-            ex = explain_chunk(bundle, h, h_off, items, method=cfg.explain_method)
-            because, weight = reasons(bundle, ex, cfg.explain)
-            keep = pl.Series((items > 0).ravel())  # the rows results_frame kept
-            df = df.with_columns(because.filter(keep), weight.filter(keep))
-        with atomic_file(path) as tmp:
-            df.write_parquet(tmp)
-        rows += df.height
-        written += 1
-        bar.update(len(u))
-    bar.close()
+            rows, written, short = _run_local(bundle, plan, cfg, out, users, raw_ids, chunks, bar)
+        bar.close()
     if short:
         log.warning(
             "%d users got fewer than %d items: the re-ranking left no allowed candidate "
@@ -299,8 +402,96 @@ def run(cfg: RecommendConfig) -> dict[str, Any]:
         "rows": rows,
         "columns": list(RESULT_SCHEMA) + (["because", "because_weight"] if cfg.explain else []),
         "dataset": bundle.dataset,
+        "engine": cfg.engine,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     _write_meta(out / MANIFEST, manifest)
     log.info("%d recommendations for %d users in %s", rows, len(users), out)
     return manifest
+
+
+def _run_local(
+    bundle: Bundle,
+    plan: allocation.Plan | None,
+    cfg: RecommendConfig,
+    out: Path,
+    users: np.ndarray,
+    raw_ids: np.ndarray,
+    chunks: range,
+    bar: Any,
+) -> tuple[int, int, int]:
+    """The parts one after another, here; (rows, parts written, short lists)."""
+    budget = None if plan is None else _budget(bundle, plan, cfg, out, users, chunks)
+    rows = written = short = 0
+    for part, lo in enumerate(chunks):
+        path = part_path(out, part)
+        u = users[lo : lo + cfg.chunk_users]
+        if path.is_file():  # finished by an earlier, interrupted run
+            done = pl.read_parquet(path, columns=["item_id"])["item_id"]
+            if budget is not None:  # what those lists took, as the first run spent it
+                exposure.spend(budget, bundle.item_indices(done)[0], [i for i, _ in plan.pins])
+            rows += done.len()
+            bar.update(len(u))
+            continue
+        n, s = write_part(bundle, plan, cfg, path, u, raw_ids[lo : lo + cfg.chunk_users], budget)
+        rows += n
+        short += s
+        written += 1
+        bar.update(len(u))
+    return rows, written, short
+
+
+def _run_ray(
+    cfg: RecommendConfig,
+    plan: allocation.Plan | None,
+    job: dict[str, Any],
+    out: Path,
+    users: np.ndarray,
+    raw_ids: np.ndarray,
+    chunks: range,
+    bar: Any,
+) -> tuple[int, int, int]:
+    """The missing parts on Ray's actors (:mod:`pipelines.recommend_ray`); (rows, parts
+    written, short lists)."""
+    from pipelines import recommend_ray
+
+    rows = written = short = 0
+    missing = []
+    for part, lo in enumerate(chunks):
+        path = part_path(out, part)
+        n = min(cfg.chunk_users, len(users) - lo)
+        if path.is_file():  # finished by an earlier, interrupted run
+            rows += pq.read_metadata(path).num_rows
+            bar.update(n)
+            continue
+        ids = [str(i) for i in raw_ids[lo : lo + n]]
+        missing.append(
+            pa.table(
+                {
+                    "part": pa.array([part], pa.int64()),
+                    "user_idx": pa.array([users[lo : lo + n]], pa.list_(pa.int64())),
+                    "user_id": pa.array([ids], pa.list_(pa.string())),
+                }
+            )
+        )
+    # The actors' working folder and environment are not the driver's: absolute paths, and
+    # the tracking URI that the driver resolved (for a run id or models:/ URI).
+    if Path(cfg.model).is_dir():
+        sent = replace(cfg, model=str(Path(cfg.model).resolve()))
+    else:
+        sent = replace(cfg, tracking_uri=resolve_uri(cfg.tracking_uri))
+    sent = replace(sent, output=str(out.resolve()))
+    rerank = False if plan is None else plan.cfg
+    args = (sent, rerank, job["weights_sha256"])
+    for done in recommend_ray.map_parts(missing, PartWriter, args, cfg.ray_actors):
+        rows += done["rows"]
+        short += done["short"]
+        written += 1
+        bar.update(done["users"])
+    lost = [p.name for p in (part_path(out, i) for i in range(len(chunks))) if not p.is_file()]
+    if lost:
+        raise ValueError(
+            f"Ray's actors wrote {lost[0]} (and {len(lost) - 1} more) where this driver does "
+            f"not see it: --output {cfg.output!r} must be a folder every node sees"
+        )
+    return rows, written, short

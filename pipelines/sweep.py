@@ -216,16 +216,17 @@ def _reranked_child(job: TrainJobConfig, model_run_id: str) -> dict[str, Any]:
     from recsys import allocation
     from recsys.bundle import load_bundle, resolve_model
     from recsys.data.dataset import SequenceData
-    from recsys.evaluation.evaluate import evaluate
+    from recsys.evaluation.evaluate import EvalConfig, evaluate
     from recsys.tracking import log_eval_result, log_params
-    from recsys.training.fit import eval_config
 
     client = mlflow.MlflowClient()
     trained = client.get_run(model_run_id)
     bundle = load_bundle(resolve_model(model_run_id, job.tracking_uri))
     data = SequenceData.load(job.data)
     plan = allocation.plan_for(bundle, job.rerank or False)
-    eval_cfg = eval_config(job.fit, ks=tuple(job.eval_ks)).within(data.num_items)
+    # The trained model's own history setting (its run chose it from the data).
+    eval_cfg = EvalConfig(ks=tuple(job.eval_ks), exclude_seen=bundle.exclude_seen())
+    eval_cfg = eval_cfg.within(data.num_items)
     res = evaluate(bundle.scorer, data, "test", eval_cfg, progress=job.fit.progress, rerank=plan)
     keep = {"model", "dataset", "dataset_version", "split", "eval_protocol", "git_commit"}
     tags = {k: v for k, v in trained.data.tags.items() if k in keep}

@@ -5,6 +5,10 @@ dataset) gets every config value as a param, the dataset's identity, per-epoch l
 validation NDCG@10 and throughput, the final validation and test metrics with 95% CIs,
 and as artifacts the config, the model bundle (vocabularies and best weights included),
 the best checkpoint, per-user metrics and a learning-curve plot.
+
+Under torchrun (``recsys train --nproc N`` starts it), every process runs this job:
+rank 0 does all of the above, the other ranks load the same data and train their share
+of every batch (:mod:`recsys.training.distributed`), and return once training stops.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from recsys.allocation import ItemFeatures, RerankConfig, compile_plan
 from recsys.allocation.features import read_item_vocab
 from recsys.bundle import ARTIFACT_PATH, save_bundle
 from recsys.data.dataset import SequenceData
+from recsys.errors import TrainingError
 from recsys.evaluation.evaluate import evaluate
 from recsys.io import check_output_folder, json_has_keys, read_json, safe_name, write_json
 from recsys.options import option, to_flat
@@ -37,8 +42,10 @@ from recsys.tracking import (
     protocol_label,
     setup,
 )
+from recsys.training import distributed
+from recsys.training.distributed import World
 from recsys.training.fit import FitConfig, eval_config, fit, make_trainer, with_data_defaults
-from recsys.training.trainer import BEST, LAST
+from recsys.training.trainer import BEST, LAST, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +84,22 @@ class TrainJobConfig:
         "the re-ranked lists",
         default_text="none",
     )
+    nproc: int = option(
+        1,
+        "training processes on this machine, data-parallel (recsys train starts them with "
+        "torchrun); each trains its share of every batch of --batch-size users",
+    )
+    torchrun: str | None = option(
+        None,
+        "more torchrun flags for --nproc, to train on several machines: e.g. "
+        "'--nnodes 2 --node-rank 0 --master-addr HOST --master-port 29500'",
+        default_text="none: this machine only",
+    )
+    dist_timeout: float = option(
+        30.0,
+        "minutes a data-parallel process waits for the others (rank 0's validation "
+        "included) before the job stops with an error",
+    )
     parent_run_id: str | None = option(None, "the sweep's parent run", cli=False)
     train_key: str | None = option(None, "a sweep child's training options", cli=False)
     sweep_key: str | None = option(None, "identifies a sweep child's config", cli=False)
@@ -84,6 +107,15 @@ class TrainJobConfig:
     def __post_init__(self) -> None:
         if self.resume and not self.output:
             raise ValueError("resume needs the output folder of the interrupted run (--output)")
+        if self.nproc < 1:
+            raise ValueError(f"nproc={self.nproc}: expected at least 1")
+        if self.dist_timeout <= 0:
+            raise ValueError(f"dist_timeout={self.dist_timeout}: expected > 0 minutes")
+
+    @property
+    def data_parallel(self) -> bool:
+        """Whether this job asks for several processes (here or on several machines)."""
+        return self.nproc > 1 or bool(self.torchrun)
 
 
 def _log_model(bundle: Path, name: str) -> str:
@@ -137,29 +169,112 @@ def check_run_folder(out: Path, resume: bool) -> dict[str, Any] | None:
     return None
 
 
+def default_output(cfg: TrainJobConfig) -> Path:
+    """A new run folder, ``data/runs/EXPERIMENT-TIME-XXXXXX`` (runs started in the same
+    second, a sweep's quick children, never share one)."""
+    name = cfg.experiment
+    if not name:
+        manifest = read_json(Path(cfg.data) / "manifest.json", "a prepared dataset's manifest")
+        name = manifest["dataset"]["name"]
+    experiment = safe_name(name, "experiment name")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    return Path("data") / "runs" / f"{experiment}-{stamp}-{uuid.uuid4().hex[:6]}"
+
+
 def run(cfg: TrainJobConfig) -> dict[str, Any]:
     """Train, evaluate and log one model; return a summary (run id, metrics, bundle).
 
     Resuming (``cfg.resume``) a run that already finished trains nothing and returns
-    the finished run's summary, with ``already_finished`` set.
+    the finished run's summary, with ``already_finished`` set. Under torchrun, every
+    process calls this: rank 0 returns the summary, the others ``rank``,
+    ``epochs_run`` and ``best_epoch`` once training stops.
+
+    Raises
+    ------
+    TrainingError
+        Under torchrun, when another process was lost (it died, or did not answer within
+        ``dist_timeout`` minutes).
     """
+    if cfg.data_parallel and not distributed.launched():
+        raise ValueError(
+            f"nproc={cfg.nproc}: several training processes are started by the command "
+            "line (recsys train --nproc N, which launches torchrun) or by torchrun itself"
+        )
+    device = resolve_device(cfg.fit.train.device)
+    with distributed.process_group(device, cfg.dist_timeout) as world:
+        try:
+            return _run(cfg, world)
+        except RuntimeError as e:
+            if not world.distributed or isinstance(e, TrainingError):
+                raise
+            if not distributed.is_lost_peer(e):
+                raise
+            first = " ".join(str(e).split())[:200]
+            raise TrainingError(
+                f"rank {world.rank}: {distributed.LOST} ({first}); the job stops"
+            ) from e
+
+
+def _check_same(cfg: TrainJobConfig, info: dict[str, Any], world: World) -> None:
+    """Refuse to train when the ranks (on several machines) differ in options or data."""
+    own = {k: v for k, v in to_flat(cfg.fit).items() if k != "progress"}
+    own["dataset_version"] = info["dataset_version"]
+    everyone = distributed.gather(own, world)
+    for rank, theirs in enumerate(everyone):
+        differ = sorted(k for k in own if theirs.get(k) != everyone[0].get(k))
+        if differ:
+            values = ", ".join(f"{k}={theirs.get(k)!r}" for k in differ)
+            zero = ", ".join(f"{k}={everyone[0].get(k)!r}" for k in differ)
+            raise ValueError(
+                f"the training processes differ: rank {rank} has {values} where rank 0 has "
+                f"{zero}; every machine must run the same options on the same prepared data"
+            )
+
+
+def _train_other_rank(cfg: TrainJobConfig, data: SequenceData, world: World) -> dict[str, Any]:
+    """A rank other than 0: train its share of every batch, in step with rank 0."""
+    trainer = make_trainer(cfg.fit, data, None, world=world)
+    if trainer is None:  # most-popular: rank 0 counts alone
+        return {"rank": world.rank, "world_size": world.size}
+    if cfg.resume:
+        trainer.resume()
+    result = trainer.fit()
+    return {
+        "rank": world.rank,
+        "world_size": world.size,
+        "epochs_run": result.epochs_run,
+        "best_epoch": result.best_epoch,
+    }
+
+
+def _run(cfg: TrainJobConfig, world: World) -> dict[str, Any]:
     import mlflow
 
-    if cfg.output:
+    previous = None
+    if cfg.output and world.main:
         previous = check_run_folder(Path(cfg.output), cfg.resume)
-        if previous and previous.get("status") == "finished":
-            log.warning(
-                "%s holds a finished run (%s); nothing to resume",
-                cfg.output,
-                previous.get("run_id"),
-            )
-            return {**previous["summary"], "already_finished": True}
+    # Every rank learns whether there is anything to do (only rank 0 reads the folder).
+    finished = bool(previous and previous.get("status") == "finished")
+    if distributed.broadcast(finished, world):
+        if not world.main:
+            return {"rank": world.rank, "world_size": world.size, "already_finished": True}
+        assert previous is not None
+        log.warning(
+            "%s holds a finished run (%s); nothing to resume",
+            cfg.output,
+            previous.get("run_id"),
+        )
+        return {**previous["summary"], "already_finished": True}
     data = SequenceData.load(cfg.data)
     info = data.dataset_info()
     # Options left unset take values derived from the data; the run records the values
     # used, so its config.json repeats this run exactly.
     fit_cfg, derived = with_data_defaults(cfg.fit, data)
     cfg = dataclasses.replace(cfg, fit=fit_cfg)
+    if world.distributed:
+        _check_same(cfg, info, world)
+        if not world.main:
+            return _train_other_rank(cfg, data, world)
     for note in derived:
         log.info("derived from the data: %s", note)
     experiment = safe_name(cfg.experiment or info["dataset_name"], "experiment name")
@@ -179,14 +294,12 @@ def run(cfg: TrainJobConfig) -> dict[str, Any]:
         )
         compile_plan(rerank, features).check_k(max(eval_cfg.ks))
     setup(experiment, cfg.tracking_uri)
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    # Runs started in the same second (a sweep's quick children) each get their own folder.
-    out = Path(cfg.output or Path("data") / "runs" / f"{experiment}-{stamp}-{uuid.uuid4().hex[:6]}")
+    out = Path(cfg.output or default_output(dataclasses.replace(cfg, experiment=experiment)))
     out.mkdir(parents=True, exist_ok=bool(cfg.output))
     marker = {"written_by": "recsys train", "status": "running"}
     write_json(out / RUN_MARKER, marker)
 
-    trainer = make_trainer(cfg.fit, data, out / "checkpoints")
+    trainer = make_trainer(cfg.fit, data, out / "checkpoints", world=world)
     run_id = None
     if trainer is not None and cfg.resume and trainer.resume():
         run_id = trainer.extra.get("run_id")
@@ -212,6 +325,7 @@ def run(cfg: TrainJobConfig) -> dict[str, Any]:
                 "split": info["split"],
                 "eval_protocol": protocol_label(eval_cfg.exclude_seen),
                 "git_commit": git_commit() or "unknown",
+                "world_size": str(world.size),  # training processes (a tag: resumes may differ)
             }
         )
         mlflow.log_dict(options, "config.json")  # usable as --config

@@ -76,6 +76,23 @@ class Bundle:
         return self.meta["dataset"]
 
     @property
+    def history(self) -> str:
+        """Whether the doors show history items, as the model was trained to decide:
+        ``exclude`` or ``include`` (bundles from before the setting: their
+        ``include_seen_in_eval``)."""
+        trained = self.meta.get("train_config", {})
+        if trained.get("history") in ("exclude", "include"):
+            return trained["history"]
+        return "include" if trained.get("include_seen_in_eval") else "exclude"
+
+    def exclude_seen(self, history: str = "auto") -> bool:
+        """Whether a door leaves history items out: ``history`` ``auto`` (the model's
+        choice), ``exclude`` or ``include``."""
+        if history not in ("auto", "exclude", "include"):
+            raise ValueError(f"history={history!r}: expected 'auto', 'exclude' or 'include'")
+        return (self.history if history == "auto" else history) == "exclude"
+
+    @property
     def num_items(self) -> int:
         return self.item_vocab.height
 

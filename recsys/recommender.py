@@ -89,7 +89,7 @@ class Recommender(BaseEstimator):
         threads: int = TrainConfig.threads,
         device: str = TrainConfig.device,
         window: str = TrainConfig.window,
-        include_seen_in_eval: bool = FitConfig.include_seen_in_eval,
+        history: str = FitConfig.history,
         progress: bool = FitConfig.progress,
     ):
         # scikit-learn's contract: store the arguments unchanged, validate in fit.
@@ -120,7 +120,7 @@ class Recommender(BaseEstimator):
         self.threads = threads
         self.device = device
         self.window = window
-        self.include_seen_in_eval = include_seen_in_eval
+        self.history = history
         self.progress = progress
 
     # -- fitting and loading -----------------------------------------------------------
@@ -225,7 +225,7 @@ class Recommender(BaseEstimator):
         self,
         user_ids: Sequence[Any],
         k: int = 10,
-        exclude_seen: bool = True,
+        history: str = "auto",
         exclude_items: Iterable[Any] | None = None,
         batch_size: int = 1024,
         as_pandas: bool = False,
@@ -233,13 +233,16 @@ class Recommender(BaseEstimator):
     ) -> Any:
         """Top-k items for known users: ``user_id, rank (1 = best), item_id, score``.
 
-        Items of the user's whole known history are left out unless ``exclude_seen`` is
-        False; ``exclude_items`` (raw IDs) are left out for every user. ``rerank``: a
+        ``history``: ``exclude`` leaves out the items of the user's whole known history,
+        ``include`` ranks them too (with the model's repeat term), ``auto`` (default)
+        does what the model was trained to decide from its data (``recsys train
+        --history``); ``exclude_items`` (raw IDs) are left out for every user. ``rerank``: a
         re-ranking config (TOML path or dict, see :mod:`recsys.allocation.config`); None
         applies the one stored with the model, if any; False none. Exposure budgets span
         the users of one call; ``score`` stays the model's score of each item.
         """
         self._check_k(k)
+        exclude_seen = self.bundle.exclude_seen(history)
         user_ids = [str(u) for u in user_ids]  # any iterable, once
         if exclude_items is not None:
             exclude_items = list(exclude_items)  # read again per chunk and pass
@@ -277,7 +280,7 @@ class Recommender(BaseEstimator):
         self,
         item_ids: Sequence[Any],
         k: int = 10,
-        exclude_seen: bool = True,
+        history: str = "auto",
         exclude_items: Iterable[Any] | None = None,
         unknown: str = "skip",
         as_pandas: bool = False,
@@ -286,10 +289,11 @@ class Recommender(BaseEstimator):
         """Top-k items for a user never seen in training, from a raw history (oldest first).
 
         Unknown item IDs are skipped with a warning (``unknown="skip"``) or raise
-        (``unknown="raise"``). ``rerank`` as in :meth:`recommend`. Returns ``rank,
-        item_id, score``.
+        (``unknown="raise"``). ``history`` and ``rerank`` as in :meth:`recommend`.
+        Returns ``rank, item_id, score``.
         """
         self._check_k(k)
+        exclude_seen = self.bundle.exclude_seen(history)
         known = self._history_idx(item_ids, unknown, stacklevel=3)
         offsets = np.array([0, len(known)])
         ex = self._exclusions(exclude_items, 1)

@@ -3,7 +3,9 @@
 A request is a table with one row per question: ``user_id`` (a known user) or
 ``history`` (a list of raw item IDs, oldest first, or one comma-separated string, for a
 user the model has never seen; unknown items are skipped), and optionally ``k`` (default
-10), ``explain`` (0 to 50; default 0) and ``rerank`` (a re-ranking config as a JSON object,
+10), ``explain`` (0 to 50; default 0), ``history_policy`` (``auto``, the model's
+choice, ``exclude`` or ``include`` the user's history items; one for the request) and
+``rerank`` (a re-ranking config as a JSON object,
 the same for every row that gives one, ``{}`` for none; default: the config stored with
 the model, if any; see :mod:`recsys.allocation`). The answer has one row per recommended item:
 ``request`` (the row number of the question), ``user_id`` (null for a history), ``rank``
@@ -55,6 +57,18 @@ QUOTE_CHARS = 60  # request values are quoted at most this long in errors
 MAX_EXPLAIN = 50  # history items a request row may ask for as reasons
 MAX_PLANS = 16  # compiled re-ranking configs kept between requests
 ANSWER_COLUMNS = pd.Index(["request", "user_id", "rank", "item_id", "score"])
+
+
+def _policy(column: pd.Series | None) -> str:
+    """The request's history setting: its ``history_policy`` (one for all rows that give
+    one), else ``auto`` (the model's)."""
+    given = {v for v in ([] if column is None else column.tolist()) if not _missing(v)}
+    if len(given) > 1:
+        raise ValueError(f"rows give different history_policy values {sorted(map(str, given))}")
+    value = given.pop() if given else "auto"
+    if value not in ("auto", "exclude", "include"):
+        raise ValueError(f"history_policy {_q(value)}: expected 'auto', 'exclude' or 'include'")
+    return value
 
 
 def _missing(value: Any) -> bool:
@@ -281,8 +295,9 @@ class RecsysModel(mlflow.pyfunc.PythonModel):
         row_idx = np.zeros(n, dtype=np.int64)  # each row's known user (0: a history)
         row_idx[user_rows] = user_idx
         plan = self._plan(_present(df, "rerank"))
+        exclude_seen = bundle.exclude_seen(_policy(_present(df, "history_policy")))
         if plan is not None:
-            reranked = _rerank(bundle, plan, values, start, stop, ks, row_user)
+            reranked = _rerank(bundle, plan, values, start, stop, ks, row_user, exclude_seen)
         parts = []
         for lo in range(0, n, CHUNK_ROWS):
             hi = min(lo + CHUNK_ROWS, n)
@@ -291,7 +306,9 @@ class RecsysModel(mlflow.pyfunc.PythonModel):
                 # Lists are ordered by score then index, so the first k of the chunk's
                 # longest list are that row's own top k.
                 users = self._known.vectors(row_idx[lo:hi], h, h_off)
-                items, scores = score_chunk(bundle, h, h_off, int(ks[lo:hi].max()), users=users)
+                items, scores = score_chunk(
+                    bundle, h, h_off, int(ks[lo:hi].max()), exclude_seen, users=users
+                )
             else:
                 items, scores = reranked[0][lo:hi], reranked[1][lo:hi]
             frame = _frame(bundle, lo, items, scores, ks[lo:hi], row_user[lo:hi])
@@ -313,6 +330,7 @@ def _rerank(
     stop: np.ndarray,
     ks: np.ndarray,
     row_user: np.ndarray,
+    exclude_seen: bool,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Re-ranked lists (n, max k) of every request row: the request is the job over which
     exposure budgets are spent, rows of each k together (one k with exposure rules)."""
@@ -335,7 +353,7 @@ def _rerank(
                 h, h_off = gather_ragged(values, start[r], stop[r])
                 yield h, h_off, None, _RowNames(row_user, r)
 
-        lists = allocation.rerank_users(bundle, plan, chunks, len(rows), int(k))
+        lists = allocation.rerank_users(bundle, plan, chunks, len(rows), int(k), exclude_seen)
         for lo, (it, sc) in zip(range(0, len(rows), CHUNK_ROWS), lists, strict=True):
             r = rows[lo : lo + CHUNK_ROWS]
             items[r, :k], scores[r, :k] = it, sc

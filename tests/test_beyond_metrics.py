@@ -165,7 +165,7 @@ def test_accumulator_over_chunks_equals_one_pass():
 
 # test_evaluation's known-answer data. Training prefixes [1, 2, 3], [2, 1, 5], [1, 5, 5]
 # (counts 1: 3, 2: 2, 3: 1, 4: 0, 5: 3; 3 users); most-popular test top-2 lists, history
-# excluded: user 1 [5, 4], user 2 [1, 3], user 3 [2, 3].
+# excluded: user 1 [5, 4], user 2 [3, 4] (its history 2, 1, 5 excluded), user 3 [2, 3].
 SEQS = [[1, 2, 3, 1, 4], [2, 1, 5, 2, 1], [1, 5, 5, 4, 3]]
 GENRES = [["A"], ["A", "B"], ["B"], ["C"], ["A", "C"]]
 
@@ -189,17 +189,17 @@ def test_evaluate_reports_them_with_genres(tmp_path, make_prepared):
     assert "test_ild_at_1" not in flat and "ild_at_1" not in res.per_user.columns
     assert "test_exposure_gini_at_2" in flat and "test_exposure_gini_at_2_ci_low" not in flat
     pu = res.per_user
-    # Jaccard: {A, C}-{C} 1/2, {A}-{B} 0, {A, B}-{B} 1/2.
+    # Jaccard: {A, C}-{C} 1/2, {B}-{C} 0, {A, B}-{B} 1/2.
     assert pu["ild_at_2"].to_list() == pytest.approx([0.5, 1.0, 0.5])
     # p = max(count, 1) / 3 users, at most 1: self-information 1: 0, 2: log2 1.5,
     # 3: log2 3, 4: log2 3 (never trained on: as once), 5: 0.
     l3, l15 = math.log2(3), math.log2(1.5)
-    assert pu["novelty_at_1"].to_list() == pytest.approx([0.0, 0.0, l15])
-    assert pu["novelty_at_2"].to_list() == pytest.approx([l3 / 2, l3 / 2, (l15 + l3) / 2])
+    assert pu["novelty_at_1"].to_list() == pytest.approx([0.0, l3, l15])
+    assert pu["novelty_at_2"].to_list() == pytest.approx([l3 / 2, l3, (l15 + l3) / 2])
     # Whole test histories [1, 2, 3, 1], [2, 1, 5, 2], [1, 5, 5, 4] over genres (A, B, C).
     p = [[2.5 / 4, 1.5 / 4, 0], [2.5 / 4, 1 / 4, 0.5 / 4], [2 / 4, 0, 2 / 4]]
-    q1 = [[0.5, 0, 0.5], [1, 0, 0], [0.5, 0.5, 0]]  # [5], [1], [2]
-    q2 = [[0.25, 0, 0.75], [0.5, 0.5, 0], [0.25, 0.75, 0]]  # [5, 4], [1, 3], [2, 3]
+    q1 = [[0.5, 0, 0.5], [0, 1, 0], [0.5, 0.5, 0]]  # [5], [3], [2]
+    q2 = [[0.25, 0, 0.75], [0, 0.5, 0.5], [0.25, 0.75, 0]]  # [5, 4], [3, 4], [2, 3]
     assert pu["calibration_kl_at_1"].to_list() == pytest.approx(
         [kl(a, b) for a, b in zip(p, q1, strict=True)]
     )
@@ -207,9 +207,9 @@ def test_evaluate_reports_them_with_genres(tmp_path, make_prepared):
         [kl(a, b) for a, b in zip(p, q2, strict=True)]
     )
     assert res.means["calibration_kl@2"] == pytest.approx(pu["calibration_kl_at_2"].mean())
-    # Shown at 1: items 5, 1, 2 → [1, 1, 0, 0, 1]; at 2: [1, 1, 2, 1, 1].
+    # Shown at 1: items 5, 3, 2 → [0, 1, 1, 0, 1]; at 2: [0, 1, 2, 2, 1].
     assert res.means["exposure_gini@1"] == pytest.approx(0.4)
-    assert res.means["exposure_gini@2"] == pytest.approx(2 / 15)
+    assert res.means["exposure_gini@2"] == pytest.approx(1 / 3)
     assert flat["test_exposure_gini_at_2"] == res.means["exposure_gini@2"]
 
 
@@ -220,8 +220,8 @@ def test_evaluate_without_genres_uses_embeddings_and_no_calibration(tmp_path, ma
     assert not any("calibration" in k for k in res.flat())
     assert not any("calibration" in c for c in res.per_user.columns)
     # Most-popular's item vectors are its counts (1-d): cosine 1 between trained items, 0
-    # with item 4 (count 0, a zero vector). Lists [5, 4], [1, 3], [2, 3].
-    assert res.per_user["ild_at_2"].to_list() == pytest.approx([1.0, 0.0, 0.0])
+    # with item 4 (count 0, a zero vector). Lists [5, 4], [3, 4], [2, 3].
+    assert res.per_user["ild_at_2"].to_list() == pytest.approx([1.0, 1.0, 0.0])
     # Item features given explicitly replace the vocabulary's: genres, so calibration.
     given = features(GENRES, [[1.0, 0.0]] * 5)
     with_genres = evaluate(scorer, d, "test", EvalConfig(ks=(1, 2), bootstrap=0), features=given)

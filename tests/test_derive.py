@@ -55,8 +55,12 @@ def test_stats_and_resolve_on_a_tiny_dataset(tmp_path, make_prepared):
     assert (kept.max_len, kept.dropout, notes) == (7, 0.1, [])
     half, notes = resolve(SASRecConfig(max_len=7), data)
     assert (half.max_len, half.dropout) == (7, 0.5) and len(notes) == 1
-    # The most-popular baseline has nothing to derive.
+    # The most-popular baseline has only the history setting to derive; given, nothing.
     fit_cfg = FitConfig(model="most-popular")
+    resolved, notes = with_data_defaults(fit_cfg, data)
+    assert resolved == dataclasses.replace(fit_cfg, history="exclude")
+    assert len(notes) == 1 and notes[0].startswith("history=exclude: 0.0% of validation")
+    fit_cfg = FitConfig(model="most-popular", history="include")
     assert with_data_defaults(fit_cfg, data) == (fit_cfg, [])
     fit_cfg = dataclasses.replace(FitConfig(), sasrec=SASRecConfig(dropout=0.3))
     resolved, _ = with_data_defaults(fit_cfg, data)

@@ -4,7 +4,7 @@ import torch
 
 import recsys.evaluation.ranking as ranking
 from recsys.data.dataset import SequenceData
-from recsys.evaluation.evaluate import EvalConfig, _sample_unseen, evaluate
+from recsys.evaluation.evaluate import MISS, EvalConfig, _sample_unseen, evaluate
 from recsys.evaluation.metrics import bootstrap_ci, per_user_metrics
 from recsys.evaluation.ranking import drop_targets, target_ranks, top_k
 from recsys.models.scorers import MostPopular
@@ -144,11 +144,12 @@ def test_most_popular_exact_metrics(tmp_path, make_prepared):
     # Counts over training prefixes [1,2,3], [2,1,5], [1,5,5]: 1→3, 2→2, 5→3, 3→1, 4→0.
     # Ranking by count, ties by index: 1, 5, 2, 3, 4.
     # User 1 (history 1,2,3,1 excluded): ranks 5, 4 → target 4 at 1. User 2 (history 2,1,5,2):
-    # target 1 is not excluded: 1 at 0. User 3 (history 1,5,5,4): 2, 3 → target 3 at 1.
-    assert res.per_user["best_rank"].to_list() == [1, 0, 1]
-    assert res.means["hr@1"] == pytest.approx(1 / 3)
-    assert res.means["hr@2"] == 1.0
-    # Top-1 lists: user 1 → 5, user 2 → 1 (its target), user 3 → 2: 3 of 5 items.
+    # its target 1 is a history item, which no door shows: a miss. User 3 (history 1,5,5,4):
+    # 2, 3 → target 3 at 1.
+    assert res.per_user["best_rank"].to_list() == [1, MISS, 1]
+    assert res.means["hr@1"] == 0.0
+    assert res.means["hr@2"] == pytest.approx(2 / 3)
+    # Top-1 lists: user 1 → 5, user 2 → 3, user 3 → 2: 3 of 5 items.
     assert res.means["coverage@1"] == pytest.approx(3 / 5)
     incl = evaluate(
         MostPopular(d.item_counts()),

@@ -52,7 +52,7 @@ def test_known_rule_and_seen_items_excluded(fitted):
     last_id = int(vocab[items[-1] - 1])
     assert top["item_id"][0] == str(last_id % 40 + 1)
     assert not set(top["item_id"]) & {vocab[i - 1] for i in items}
-    assert set(fitted.recommend(["1"], k=10, exclude_seen=False)["item_id"]) & {
+    assert set(fitted.recommend(["1"], k=10, history="include")["item_id"]) & {
         vocab[i - 1] for i in items
     }
 
@@ -126,7 +126,7 @@ def test_include_seen_merges_history_items_exactly(fitted_repeat):
     h, h_off = gather_ragged(flat, offsets[np.array(users) - 1], offsets[np.array(users)])
     every = np.tile(np.arange(1, n + 1), (len(users), 1))
     scores = score_items(rec.bundle, h, h_off, every)  # (3, n): dot products + repeat term
-    got = rec.recommend([str(u) for u in users], k=10, exclude_seen=False)
+    got = rec.recommend([str(u) for u in users], k=10, history="include")
     for row, u in enumerate(users):
         best = sorted(range(n), key=lambda j: (-scores[row, j], j))[:10]
         mine = got.filter(pl.col("user_id") == str(u))
@@ -139,7 +139,7 @@ def test_include_seen_merges_history_items_exactly(fitted_repeat):
     long_scores = score_items(rec.bundle, long, np.array([0, 30]), all_items)[0]
     best = sorted(range(n), key=lambda j: (-long_scores[j], j))[:10]
     raw = [vocab[i - 1] for i in long]
-    mine = rec.recommend_for_history(raw, k=10, exclude_seen=False)
+    mine = rec.recommend_for_history(raw, k=10, history="include")
     assert mine["item_id"].to_list() == [vocab[j] for j in best]
     assert np.allclose(mine["score"].to_numpy(), long_scores[best], atol=1e-4)
     # The merge is needed: some history items make these lists.

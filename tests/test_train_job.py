@@ -73,10 +73,12 @@ def test_train_logs_everything_and_evaluate_reads_it_back(prepared, workdir, cap
     assert main(["train", "--data", str(prepared), *tiny, "--output", "run"]) == 0
     out = capsys.readouterr().out
     run_id = line_of(out, "run_id")
-    assert "full ranking over all items, history items excluded" in out
 
     client = _client(workdir)
     run = client.get_run(run_id)
+    # The protocol printed is the history setting the run chose from its data (auto).
+    seen = {"exclude": "excluded", "include": "not excluded"}[run.data.params["history"]]
+    assert f"full ranking over all items, history items {seen}" in out
     assert client.get_experiment(run.info.experiment_id).name == "tiny-synth"
     p = run.data.params
     assert p["loss"] == "ce" and p["max_len"] == "20"  # ce: derived for a small catalogue
@@ -84,7 +86,7 @@ def test_train_logs_everything_and_evaluate_reads_it_back(prepared, workdir, cap
     manifest = json.loads((prepared / "manifest.json").read_text())
     assert p["dataset_num_items"] == str(manifest["num_items"])
     assert p["dataset_version"] == manifest["dataset"]["version"]
-    assert run.data.tags["eval_protocol"] == "full ranking over all items, history items excluded"
+    assert run.data.tags["eval_protocol"] == f"full ranking over all items, history items {seen}"
     m = run.data.metrics
     for name in (
         "test_ndcg_at_10",

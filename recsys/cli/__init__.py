@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -93,5 +94,12 @@ def _fail(command: str, message: str) -> int:
     line = " ".join(message.split())
     if len(line) > MAX_MESSAGE:
         line = line[: MAX_MESSAGE - 3] + "..."
+    if os.environ.get("TORCHELASTIC_ERROR_FILE"):
+        # A training process under torchrun: `recsys train --nproc` prints one line for
+        # the whole job, from the line each failed process recorded.
+        from recsys.training.distributed import record_error
+
+        if record_error(line):
+            return 2
     print(f"recsys {command}: error: {line}", file=sys.stderr)
     return 2

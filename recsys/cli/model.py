@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,15 +35,63 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 
 def _run_train(args: argparse.Namespace) -> int:
     from pipelines.train import TrainJobConfig, run
+    from recsys.training import distributed
 
     cfg = build_config(TrainJobConfig, args)
+    if cfg.data_parallel and not distributed.launched():
+        return _launch_train(cfg, args.log_level)
+    world = distributed.env_world()
+    if not world.main:
+        logging.getLogger().setLevel(max(logging.getLogger().level, logging.WARNING))
     out = run(cfg)
+    if not world.main:
+        # Rank 0 prints the summary; the others say that they stopped with it.
+        if "epochs_run" in out:
+            print(
+                f"rank {world.rank} of {world.size}: stopped after epoch {out['epochs_run']} "
+                f"(best epoch {out['best_epoch']})"
+            )
+        return 0
     if out.get("already_finished"):
         print(f"{cfg.output}: this run already finished; nothing to resume (its summary:)")
     _print_summary(
         out,
         ["run_id", "experiment", "registered_model", "bundle", "best_epoch", "seconds_to_best"],
     )
+    return 0
+
+
+def _launch_train(cfg: Any, log_level: str) -> int:
+    """``recsys train --nproc N``: the same job in N processes under torchrun.
+
+    Every process reads the whole config from one file, with the output folder fixed
+    here, so that a failed job can be continued with ``--resume --output``.
+    """
+    import dataclasses
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from pipelines.train import default_output
+    from recsys.errors import TrainingError
+    from recsys.options import to_flat
+    from recsys.training import distributed
+    from recsys.training.trainer import LAST
+
+    if not cfg.output:
+        cfg = dataclasses.replace(cfg, output=str(default_output(cfg)))
+    with tempfile.TemporaryDirectory(prefix="recsys-train-") as tmp:
+        config = Path(tmp) / "config.json"
+        config.write_text(json.dumps(to_flat(cfg)))
+        argv = ["--log-level", log_level, "train", "--config", str(config)]
+        try:
+            distributed.launch(cfg.nproc, argv, torchrun=cfg.torchrun)
+        except TrainingError as e:
+            # Said only where there is something to resume (on rank 0's machine).
+            if (Path(cfg.output) / "checkpoints" / LAST).is_file():
+                more = "" if cfg.resume else f" and --resume --output {cfg.output}"
+                raise TrainingError(f"{e}; continue it with the same command{more}") from None
+            raise
     return 0
 
 

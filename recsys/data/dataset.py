@@ -16,7 +16,12 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from recsys.data.prepare import SCHEMA_VERSION, SEQUENCES_PART
+from recsys.data.prepare import (  # list_column_to_ragged: imported from here too
+    SCHEMA_VERSION,
+    SEQUENCES_PART,
+    list_column_to_ragged,
+    repeat_shares,
+)
 from recsys.io import read_json, safe_name, verify_files
 
 REDO = "prepare the dataset again with `recsys prepare`"
@@ -49,19 +54,6 @@ def gather_ragged(
     np.cumsum(lengths, out=offsets[1:])
     idx = np.repeat(start - offsets[:-1], lengths) + np.arange(offsets[-1])
     return values[idx], offsets
-
-
-def list_column_to_ragged(column: pl.Series) -> tuple[np.ndarray, np.ndarray]:
-    """A list column as ``(flat int64 values, offsets)``.
-
-    Examples
-    --------
-    ``[[6, 7], [8]]`` → ``([6, 7, 8], [0, 2, 3])``.
-    """
-    lengths = column.list.len().to_numpy().astype(np.int64)
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    return column.explode().to_numpy().astype(np.int64), offsets
 
 
 def ragged_to_padded(flat: np.ndarray, offsets: np.ndarray, fill: int = 0) -> np.ndarray:
@@ -206,6 +198,13 @@ class SequenceData:
         stop = start + self.n_train if stop is None else stop
         flat, _ = gather_ragged(self.items, start, stop)
         return np.bincount(flat, minlength=self.num_items + 1)
+
+    def repeat_shares(self) -> dict[str, float]:
+        """The manifest's ``repeats`` (datasets prepared before it was recorded: computed)."""
+        kept = self.manifest.get("repeats")
+        if isinstance(kept, dict) and "valid_targets_in_history" in kept:
+            return kept
+        return repeat_shares(self.items, self.offsets, self.n_train, self.n_valid)
 
     def dataset_info(self) -> dict[str, Any]:
         """Name, version, counts and split of the dataset (logged with every run)."""

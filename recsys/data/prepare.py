@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from recsys.data import pipeline as dp
@@ -102,6 +103,53 @@ def check_prepared_output(output: str | Path, inputs: Sequence[str | Path] = ())
         is_ours=lambda p: json_has_keys(p / "manifest.json", ("schema_version", "files")),
         inputs=inputs,
     )
+
+
+def list_column_to_ragged(column: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """A list column as ``(flat int64 values, offsets)``.
+
+    Examples
+    --------
+    ``[[6, 7], [8]]`` → ``([6, 7, 8], [0, 2, 3])``.
+    """
+    lengths = column.list.len().to_numpy().astype(np.int64)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return column.explode().to_numpy().astype(np.int64), offsets
+
+
+def repeat_shares(
+    items: np.ndarray, offsets: np.ndarray, n_train: np.ndarray, n_valid: np.ndarray
+) -> dict[str, float]:
+    """How much users repeat: the share of events whose item the user had before, and the
+    shares of validation and test targets already in their user's history (what
+    ``--history auto`` decides on, :func:`recsys.training.derive.resolve_history`).
+
+    User ``u`` (0-based) has events ``items[offsets[u]:offsets[u + 1]]`` in time order:
+    ``n_train[u]`` training events, then ``n_valid[u]`` validation targets, then tests.
+    """
+    lengths = np.diff(offsets)
+    user = np.repeat(np.arange(len(lengths)), lengths)
+    pos = np.arange(len(items)) - np.repeat(offsets[:-1], lengths)
+    # An event repeats when an earlier event of its user has its item: sorted by (user,
+    # item, position), every event but the first of its run.
+    order = np.lexsort((pos, items, user))
+    same = np.zeros(len(items), dtype=bool)
+    same[1:] = (user[order][1:] == user[order][:-1]) & (items[order][1:] == items[order][:-1])
+    again = np.empty(len(items), dtype=bool)
+    again[order] = same
+    train, valid = np.repeat(n_train, lengths), np.repeat(n_valid, lengths)
+    is_valid = (pos >= train) & (pos < train + valid)
+    is_test = pos >= train + valid
+
+    def share(mask: np.ndarray) -> float:
+        return round(float(again[mask].mean()), 6) if mask.any() else 0.0
+
+    return {
+        "share_of_events": share(np.ones(len(items), dtype=bool)),
+        "valid_targets_in_history": share(is_valid),
+        "test_targets_in_history": share(is_test),
+    }
 
 
 def prepare_dataset(
@@ -243,6 +291,10 @@ def prepare_dataset(
         users_with_test_targets=int(sums["users_test"]),
     )
 
+    flat, offsets = list_column_to_ragged(seqs_df["item_idx"])
+    repeat_info = repeat_shares(
+        flat, offsets, seqs_df["n_train"].to_numpy(), seqs_df["n_valid"].to_numpy()
+    )
     items_info: dict[str, Any] = {}
     if items is not None:
         items_df = items_df.join(items, on="item_id", how="left", maintain_order="left")
@@ -262,6 +314,7 @@ def prepare_dataset(
         "num_interactions": int(seqs_df["item_idx"].list.len().sum()),
         "steps": step_counts,
         "split": split_info,
+        "repeats": repeat_info,
         **items_info,
         "config": config or {},
         "inputs": [

@@ -5,7 +5,9 @@
 * sequential dependence: each item has a fixed successor in its cluster, which follows
   it with probability ``p_next`` (a first-order Markov chain a sequential model can learn
   and a popularity model cannot);
-* per-user start times and exponential gaps, so a global temporal split is meaningful.
+* per-user start times and exponential gaps, so a global temporal split is meaningful;
+* optionally repeats: with probability ``p_repeat`` an event re-consumes one of the
+  user's last ``repeat_window`` items (uniformly), as in music, news or grocery logs.
 
 Rows are written to Parquet in chunks of users (bounded memory at any size) and shuffled
 within a chunk, so the log is not pre-sorted.
@@ -43,6 +45,8 @@ class SyntheticSpec:
     alpha: float = 1.0
     p_next: float = 0.5
     p_cluster: float = 0.35
+    p_repeat: float = 0.0
+    repeat_window: int = 5
     rows_per_chunk: int = 2_000_000
 
     def check(self) -> None:
@@ -56,6 +60,11 @@ class SyntheticSpec:
             )
         if not 1 <= self.clusters <= self.items:
             raise ValueError(f"clusters={self.clusters}: expected 1..items ({self.items})")
+        if not 0.0 <= self.p_repeat <= 1.0 or self.repeat_window < 1:
+            raise ValueError(
+                f"p_repeat={self.p_repeat}, repeat_window={self.repeat_window}: expected a "
+                "probability and a window of at least 1"
+            )
         if not (self.p_next >= 0 and self.p_cluster >= 0 and self.p_next + self.p_cluster <= 1):
             raise ValueError(
                 f"p_next={self.p_next}, p_cluster={self.p_cluster}: expected non-negative "
@@ -135,6 +144,10 @@ def _chunk(
         nxt[from_cluster] = world.sample_cluster(rng, clusters[active[from_cluster]])
         from_global = r >= spec.p_next + spec.p_cluster
         nxt[from_global] = world.sample_global(rng, int(from_global.sum()))
+        if spec.p_repeat > 0:  # drawn only then: logs without repeats stay as they were
+            again = rng.random(active.size) < spec.p_repeat
+            back = rng.integers(1, min(t, spec.repeat_window) + 1, size=int(again.sum()))
+            nxt[again] = items[offsets[active[again]] + t - back]
         prev[active] = nxt
         items[offsets[active] + t] = nxt
     user = np.repeat(np.arange(first_user, first_user + n, dtype=np.int64) + 1, lengths)

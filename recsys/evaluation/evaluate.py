@@ -8,7 +8,8 @@ Protocols:
 
 - ``full`` (default): each target is ranked against the whole catalogue. Items of the
   user's input history are excluded unless ``exclude_seen=False`` (RecBole's way for
-  sequential models); a target is never excluded.
+  sequential models). Evaluation measures what the doors serve: with the history
+  excluded no door shows a history item, so a target already in the history is a miss.
 - ``sampled``: the SASRec paper's protocol, each target ranked against ``num_sampled``
   random items the user never interacted with. It overstates quality and is only for
   comparison with papers; its metric names always carry ``sampled``.
@@ -38,12 +39,13 @@ from recsys.allocation.features import ItemFeatures, read_item_vocab
 from recsys.data.dataset import SequenceData, Stage, gather_ragged, pad_left, ragged_to_padded
 from recsys.evaluation.beyond import BeyondAccuracy
 from recsys.evaluation.metrics import bootstrap_ci, per_user_metrics
-from recsys.evaluation.ranking import HistoryBias, bias_of, drop_targets, rank_and_top_k
+from recsys.evaluation.ranking import HistoryBias, bias_of, rank_and_top_k
 from recsys.models.scorers import Scorer
 
 log = logging.getLogger(__name__)
 
 PROTOCOLS = ("full", "sampled")
+MISS = 2**62  # the rank of a target no list can hold (a history item, when excluded)
 
 
 @dataclass
@@ -248,7 +250,8 @@ def evaluate(
         bias = None if values is None else (history, values)
         targets = torch.from_numpy(ragged_to_padded(*gather_ragged(data.items, stop, tstop)))
         targets = targets.to(dev)
-        exclude = drop_targets(history, targets) if cfg.exclude_seen else None
+        # No door shows a history item when they are excluded: nor does the evaluation.
+        exclude = history if cfg.exclude_seen else None
         return start, users, history_cpu, bias, targets, exclude
 
     chunks = range(0, len(st.users), cfg.batch_users)
@@ -284,6 +287,10 @@ def evaluate(
             negatives = _sample_unseen(rng, seen, data.num_items, cfg.num_sampled)
             negs = torch.from_numpy(negatives).to(users.device)
             ranks = _sampled_ranks(users, item_vecs, targets, negs, bias)
+        if cfg.exclude_seen:  # a target in the history cannot be shown: a miss
+            t = targets.cpu()
+            seen = (t[:, :, None] == history_cpu[:, None, :]).any(-1) & (t > 0)
+            ranks = ranks.masked_fill(seen.to(ranks.device), MISS)
         ranks_parts.append(ranks.cpu().numpy())
         bar.update(len(start))
     bar.close()

@@ -58,7 +58,7 @@ def explain_chunk(
     items: np.ndarray | None = None,
     k: int = 10,
     method: str = DEFAULT_METHOD,
-    exclude_seen: bool = True,
+    exclude_seen: bool | None = None,
 ) -> Explained:
     """Explain items (B, M) for B histories, or each history's own top-k when ``items`` is
     None (as :func:`~recsys.scoring.score_chunk` ranks them).
@@ -73,8 +73,9 @@ def explain_chunk(
             f"a {bundle.meta.get('kind')!r} model ranks without the history; only SASRec "
             "models can be explained"
         )
-    if items is None:
-        items, _ = score_chunk(bundle, flat, offsets, k, exclude_seen)
+    if items is None:  # the top-k as the doors rank them (the model's history setting)
+        exclude = bundle.exclude_seen() if exclude_seen is None else exclude_seen
+        items, _ = score_chunk(bundle, flat, offsets, k, exclude)
     model = bundle.scorer.model
     window = trim(torch.from_numpy(pad_left(flat, offsets[:-1], offsets[1:], model.cfg.max_len)))
     cands = torch.from_numpy(np.ascontiguousarray(items))

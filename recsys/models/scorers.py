@@ -81,3 +81,23 @@ class MostPopular:
     def history_bias(self, history: torch.Tensor) -> None:
         """None: the history does not change the scores."""
         return None
+
+
+class MostRecent(MostPopular):
+    """The user's own most recent items first (a baseline for logs where people repeat),
+    then the rest by popularity.
+
+    A history item's score is its training count plus a bonus above any count that grows
+    with recency (its last occurrence), so, with the history included, the most recent
+    distinct items come first. With the history excluded it is most-popular.
+    """
+
+    def history_bias(self, history: torch.Tensor) -> torch.Tensor:
+        """(B, H) bonus at each item's last occurrence in the left-padded history."""
+        from recsys.models.repeat import last_occurrence
+
+        H = history.shape[1]
+        above = float(self.counts.max()) + 1.0
+        recency = torch.arange(1, H + 1, dtype=torch.float32)[None, :]  # later = larger
+        last = last_occurrence(history) & (history > 0)
+        return torch.where(last, above * recency, 0.0)

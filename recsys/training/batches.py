@@ -31,3 +31,13 @@ def training_batch(
     return torch.from_numpy(np.ascontiguousarray(inputs)), torch.from_numpy(
         np.ascontiguousarray(targets)
     )
+
+
+def target_counts(start: np.ndarray, stop: np.ndarray, max_len: int) -> np.ndarray:
+    """Next-item targets (real positions) per row of :func:`training_batch` for the same
+    ranges: one fewer than the window's events, ``min(stop - start, max_len + 1) - 1``.
+
+    The losses average over these positions; data-parallel training weights each rank's
+    loss by its share of the batch's total.
+    """
+    return np.maximum(np.minimum(stop - start, max_len + 1) - 1, 0)

@@ -1,8 +1,9 @@
 """Settings derived from the statistics of the prepared data, where the best value depends
 on the data's shape.
 
-Three options are unset by default (``None``) and filled in here: from the training
-sequences (each user's events before the validation target) and the catalogue size.
+Three options are unset by default (``None``) and ``history`` is ``auto``; all are filled
+in here from the training sequences (each user's events before the validation target),
+the catalogue size and how often users repeat.
 
 - ``max_len``, the window of most recent events the model reads: the 90th percentile of
   the users' training lengths, rounded up to a multiple of 50, within 50..200. The window
@@ -20,6 +21,10 @@ sequences (each user's events before the validation target) and the catalogue si
   ``max_len`` <= 1,000,000: 512 MB of float32 for 128 windows), else
   ``sampled-softmax``, whose cost does not grow with the catalogue. Where both are
   affordable ce validated better on both reference logs.
+
+- ``history`` (``auto``): whether the doors show items of the user's history. Excluded,
+  unless more than 20% of the validation targets are already in their user's history
+  (music, news, groceries): there hiding them hides that share of the right answers.
 
 Values set explicitly are kept. The validation numbers behind each rule are in the
 README ("Why these defaults"); :func:`resolve` returns the filled-in config and one line
@@ -127,3 +132,26 @@ def resolve(cfg: SASRecConfig, data: SequenceData) -> tuple[SASRecConfig, list[s
             f"{DENSE_LEN:.0f} or more)"
         )
     return dataclasses.replace(cfg, **changes), notes
+
+
+HISTORY = ("auto", "exclude", "include")
+# Above this share of validation targets already in their user's history, people repeat:
+# hiding history items would hide that many right answers.
+REPEAT_SHARE = 0.20
+
+
+def resolve_history(history: str, data: SequenceData) -> tuple[str, list[str]]:
+    """Whether the doors show items of a user's history: ``history`` when given, and for
+    ``auto`` ``include`` if more than 20% of the validation targets are already in their
+    user's history (a log where people repeat: music, news, groceries), else
+    ``exclude``; and a line saying why (none when given)."""
+    if history not in HISTORY:
+        raise ValueError(f"history={history!r}: expected one of {HISTORY}")
+    if history != "auto":
+        return history, []
+    share = data.repeat_shares()["valid_targets_in_history"]
+    chosen = "include" if share > REPEAT_SHARE else "exclude"
+    return chosen, [
+        f"history={chosen}: {share:.1%} of validation targets are already in their user's "
+        f"history (include above {REPEAT_SHARE:.0%})"
+    ]

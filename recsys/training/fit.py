@@ -22,6 +22,8 @@ from recsys.models.sasrec import SASRecConfig
 from recsys.models.scorers import MODEL_KINDS, MostPopular, SASRecScorer, Scorer
 from recsys.options import check_choices, option, to_flat
 from recsys.training import derive
+from recsys.training.derive import HISTORY
+from recsys.training.distributed import World
 from recsys.training.trainer import TrainConfig, Trainer
 
 
@@ -34,8 +36,12 @@ class FitConfig:
     )
     sasrec: SASRecConfig = field(default_factory=SASRecConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    include_seen_in_eval: bool = option(
-        False, "rank the user's history items too in validation and evaluation (RecBole's way)"
+    history: str = option(
+        "auto",
+        "items of the user's history in validation, evaluation and every door: exclude "
+        "them, include them (ranked with the repeat term), or auto: include when more "
+        "than 20% of the validation targets are in their user's history",
+        choices=HISTORY,
     )
     progress: bool = option(True, "progress bars")
 
@@ -56,25 +62,35 @@ class Fitted:
 
 def eval_config(cfg: FitConfig, ks: tuple[int, ...] = (1, 5, 10, 20)) -> EvalConfig:
     """How this model is validated and evaluated (history excluded unless asked)."""
-    return EvalConfig(ks=ks, exclude_seen=not cfg.include_seen_in_eval)
+    assert cfg.history != "auto", "resolve the history setting first (with_data_defaults)"
+    return EvalConfig(ks=ks, exclude_seen=cfg.history == "exclude")
 
 
 def with_data_defaults(cfg: FitConfig, data: SequenceData) -> tuple[FitConfig, list[str]]:
     """``cfg`` with the options left unset derived from ``data``
     (:mod:`recsys.training.derive`), and one line per derived value saying why."""
+    history, notes = derive.resolve_history(cfg.history, data)
+    cfg = dataclasses.replace(cfg, history=history)
     if cfg.model != "sasrec":
-        return cfg, []
-    sasrec, notes = derive.resolve(cfg.sasrec, data)
+        return cfg, notes
+    sasrec, derived = derive.resolve(cfg.sasrec, data)
     assert sasrec.max_len is not None
     loss, more = derive.resolve_loss(cfg.train.loss, data.num_items, sasrec.max_len)
     train = dataclasses.replace(cfg.train, loss=loss)
-    return dataclasses.replace(cfg, sasrec=sasrec, train=train), notes + more
+    return dataclasses.replace(cfg, sasrec=sasrec, train=train), derived + more + notes
 
 
 def make_trainer(
-    cfg: FitConfig, data: SequenceData, checkpoint_dir: Path | None = None
+    cfg: FitConfig,
+    data: SequenceData,
+    checkpoint_dir: Path | None = None,
+    world: World | None = None,
 ) -> Trainer | None:
-    """The SASRec trainer for ``cfg`` (None for most-popular, which has nothing to train)."""
+    """The SASRec trainer for ``cfg`` (None for most-popular, which has nothing to train).
+
+    ``world``: this process's place in data-parallel training (the train job under
+    torchrun); alone by default, as :class:`recsys.Recommender` always trains.
+    """
     if cfg.model != "sasrec":
         return None
     cfg, _ = with_data_defaults(cfg, data)
@@ -85,6 +101,7 @@ def make_trainer(
         eval_config(cfg),
         checkpoint_dir=checkpoint_dir,
         progress=cfg.progress,
+        world=world,
     )
 
 

@@ -6,6 +6,13 @@ weights are kept, and training stops after ``patience`` evaluations without impr
 A checkpoint with everything needed to continue (weights, optimiser, epoch, RNG states,
 history) is written atomically after every epoch, and all checkpoints load with
 ``torch.load(..., weights_only=True)``.
+
+Given a :class:`~recsys.training.distributed.World` of several processes (torchrun), the
+trainer trains data-parallel: every rank builds the same global batches, trains on its
+share of each (:func:`~recsys.training.distributed.shard`) and DistributedDataParallel
+averages the gradients, each rank's loss weighted so that the average is exactly the
+gradient of the whole batch's loss. Rank 0 alone validates and writes checkpoints, and
+broadcasts the best-epoch bookkeeping, so every rank stops after the same epoch.
 """
 
 from __future__ import annotations
@@ -32,7 +39,9 @@ from recsys.io import atomic_file
 from recsys.models.sasrec import SASRec, SASRecConfig
 from recsys.models.scorers import SASRecScorer
 from recsys.options import check_choices, option
-from recsys.training.batches import training_batch
+from recsys.training import distributed
+from recsys.training.batches import target_counts, training_batch
+from recsys.training.distributed import SINGLE, World
 from recsys.training.losses import LOSSES, popularity_log_q, sequence_loss
 
 log = logging.getLogger(__name__)
@@ -156,6 +165,36 @@ def _trim(inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, to
     return inputs[:, first:], targets[:, first:]
 
 
+class Objective(torch.nn.Module):
+    """The model and its training loss in one forward, so that DistributedDataParallel
+    sees every parameter the loss reads (the output item table, the repeat term) used
+    inside the forward it wraps."""
+
+    def __init__(
+        self, model: SASRec, cfg: TrainConfig, gen: torch.Generator, log_q: torch.Tensor | None
+    ):
+        super().__init__()
+        self.model, self.cfg, self.gen, self.log_q = model, cfg, gen, log_q
+
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The mean loss over the real positions of left-padded ``inputs`` (B, T)."""
+        h, _ = self.model(inputs)  # (B, T, d)
+        cfg = self.cfg
+        assert cfg.loss is not None
+        return sequence_loss(
+            cfg.loss,
+            h,
+            targets,
+            self.model.output_items(),
+            self.gen,
+            num_negatives=cfg.num_negatives,
+            gbce_t=cfg.gbce_t,
+            log_q=self.log_q,
+            repeat=self.model.repeat,
+            inputs=inputs,
+        )
+
+
 class Trainer:
     """Trains one SASRec on one prepared dataset.
 
@@ -170,7 +209,12 @@ class Trainer:
     checkpoint_dir : Path, optional
         Where ``last.pt`` and ``best.pt`` are written; none written if omitted.
     on_epoch : callable, optional
-        Called with each epoch's record (``epoch``, ``train_loss``, ``valid_ndcg_at_10``...).
+        Called with each epoch's record (``epoch``, ``train_loss``, ``valid_ndcg_at_10``...)
+        (on rank 0 only).
+    world : World, optional
+        This process's place among data-parallel processes, whose process group is
+        joined (:func:`recsys.training.distributed.process_group`); alone by default.
+        Every rank gets the same arguments; only rank 0's ``checkpoint_dir`` is used.
     """
 
     def __init__(
@@ -182,6 +226,7 @@ class Trainer:
         checkpoint_dir: str | Path | None = None,
         on_epoch: Callable[[dict[str, float]], None] | None = None,
         progress: bool = True,
+        world: World | None = None,
     ):
         if model_cfg.num_items != data.num_items:
             raise ValueError(
@@ -201,15 +246,19 @@ class Trainer:
             bootstrap=0,
             beyond_accuracy=False,
         )
-        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
+        self.world = world or SINGLE
+        main = self.world.main
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir and main else None
         self.on_epoch = on_epoch
-        self.progress = progress
+        self.progress = progress and main
 
-        torch.set_num_threads(train_cfg.threads or available_cores())
+        # The processes of one machine share its cores.
+        threads = train_cfg.threads or max(1, available_cores() // self.world.local_size)
+        torch.set_num_threads(threads)
         torch.manual_seed(train_cfg.seed)
-        self.rng = np.random.default_rng(train_cfg.seed)
+        self.rng = np.random.default_rng(train_cfg.seed)  # the same on every rank
         self.gen = torch.Generator().manual_seed(train_cfg.seed + 1)
-        self.device = resolve_device(train_cfg.device)
+        self.device = self.world.device(resolve_device(train_cfg.device))
         self.model = SASRec(model_cfg).to(self.device)
         self.opt = torch.optim.AdamW(
             self.model.parameters(),
@@ -221,6 +270,8 @@ class Trainer:
         if train_cfg.negatives == "uniform":
             counts = torch.zeros_like(counts)  # every item alike
         self.log_q = popularity_log_q(counts) if train_cfg.loss == "sampled-softmax" else None
+        self.objective = Objective(self.model, train_cfg, self.gen, self.log_q)
+        self._ddp: torch.nn.Module | None = None  # the objective, data-parallel (lazily)
         self.epoch = 0
         self.history: list[dict[str, float]] = []
         self.best = {"ndcg": -1.0, "epoch": 0, "elapsed": 0.0}
@@ -260,10 +311,10 @@ class Trainer:
             with atomic_file(self.checkpoint_dir / BEST) as tmp:
                 torch.save({"model": self.best_state, "best": self.best}, tmp)
 
-    def resume(self) -> bool:
-        """Load ``last.pt`` (and ``best.pt``) if present; return whether it was."""
+    def _read_last(self) -> dict[str, Any] | None:
+        """``last.pt``, checked against this trainer's config (None when there is none)."""
         if self.checkpoint_dir is None or not (self.checkpoint_dir / LAST).is_file():
-            return False
+            return None
         ck = _load_checkpoint(self.checkpoint_dir / LAST)
         if ck["model_cfg"] != asdict(self.model_cfg) or ck["train_cfg"] != asdict(self.cfg):
             raise ValueError(
@@ -271,6 +322,18 @@ class Trainer:
                 f"config ({ck['model_cfg']}, {ck['train_cfg']}); resume with the same one "
                 "or train into an empty folder"
             )
+        return ck
+
+    def resume(self) -> bool:
+        """Load ``last.pt`` (and ``best.pt``) if present; return whether it was.
+
+        Data-parallel, rank 0 reads the checkpoint and sends it to the others, so every
+        rank continues from the same state (and only rank 0 needs the folder); every rank
+        must call this.
+        """
+        ck = distributed.broadcast(self._read_last() if self.world.main else None, self.world)
+        if ck is None:
+            return False
         self.model.load_state_dict(ck["model"])
         self.opt.load_state_dict(ck["optimizer"])
         self.epoch, self.history, self.best = ck["epoch"], ck["history"], ck["best"]
@@ -278,9 +341,10 @@ class Trainer:
         torch.set_rng_state(ck["torch_rng"])
         self.gen.set_state(ck["gen_rng"])
         self.rng.bit_generator.state = ck["np_rng"]
-        if (self.checkpoint_dir / BEST).is_file():
+        if self.checkpoint_dir is not None and (self.checkpoint_dir / BEST).is_file():
             self.best_state = _load_checkpoint(self.checkpoint_dir / BEST)["model"]
-        log.info("resumed from %s after epoch %d", self.checkpoint_dir / LAST, self.epoch)
+        where = self.checkpoint_dir / LAST if self.checkpoint_dir else "rank 0's checkpoint"
+        log.info("resumed from %s after epoch %d", where, self.epoch)
         return True
 
     # -- training ----------------------------------------------------------------------
@@ -301,40 +365,74 @@ class Trainer:
                 start + full + (self.rng.random(len(length)) * (length - full + 1)).astype(np.int64)
             )
         batches = self._batches(np.minimum(stop - start, span))
+        if self.world.distributed:
+            self._reseed()
         self.model.train()
-        items = self.model.output_items()
         total, steps = 0.0, 0
         for step, idx in enumerate(batches):
-            inputs, targets = _trim(
-                *training_batch(data.items, start[idx], stop[idx], self.model_cfg.max_len)
-            )
-            inputs, targets = inputs.to(self.device), targets.to(self.device)
-            h, _ = self.model(inputs)  # (B, T, d)
-            loss = sequence_loss(
-                cfg.loss,
-                h,
-                targets,
-                items,
-                self.gen,
-                num_negatives=cfg.num_negatives,
-                gbce_t=cfg.gbce_t,
-                log_q=self.log_q,
-                repeat=self.model.repeat,
-                inputs=inputs,
-            )
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"the {cfg.loss} loss became {loss.item()} at epoch {self.epoch + 1}, "
-                    f"step {step + 1}; lower the learning rate (lr={cfg.lr}) or check the data"
-                )
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-            self.opt.step()
-            total += loss.item()
+            total += self.train_step(idx, start, stop, step)
             steps += 1
+        (total,) = distributed.all_sum([total], self.world)
         return total / steps, len(users)
+
+    def train_step(
+        self, batch: np.ndarray, start: np.ndarray, stop: np.ndarray, step: int = 0
+    ) -> float:
+        """One optimisation step on the users ``batch`` (indices into the training ranges
+        ``start``, ``stop``); returns this rank's part of the batch's mean loss.
+
+        Data-parallel, every rank passes the same global batch and trains on its share.
+        The losses are means over real positions, and ranks' shares hold different
+        numbers of them, so a plain average of the ranks' gradients would weight a
+        position of a short share more. Each rank's loss is scaled by its share of the
+        batch's positions times the number of ranks: DistributedDataParallel's average
+        is then exactly the gradient of the whole batch's mean loss (up to rounding).
+        """
+        cfg, world, max_len = self.cfg, self.world, self.model_cfg.max_len
+        assert max_len is not None
+        mine, weight = batch, 1.0
+        if world.distributed:
+            mine = distributed.shard(batch, world)
+            total = int(target_counts(start[batch], stop[batch], max_len).sum())
+            weight = int(target_counts(start[mine], stop[mine], max_len).sum()) / total
+            if len(mine) == 0:
+                # More ranks than users in this batch: a step on one user with weight 0
+                # keeps this rank in DistributedDataParallel's gradient exchange.
+                mine = batch[:1]
+        inputs, targets = _trim(*training_batch(self.data.items, start[mine], stop[mine], max_len))
+        inputs, targets = inputs.to(self.device), targets.to(self.device)
+        loss = self._training_objective()(inputs, targets)
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"the {cfg.loss} loss became {loss.item()} at epoch {self.epoch + 1}, "
+                f"step {step + 1}; lower the learning rate (lr={cfg.lr}) or check the data"
+            )
+        self.opt.zero_grad(set_to_none=True)
+        (loss * (weight * world.size) if world.distributed else loss).backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.opt.step()
+        return loss.item() * weight
+
+    def _training_objective(self) -> torch.nn.Module:
+        """The objective, wrapped in DistributedDataParallel when there are several ranks
+        (built at the first step, after any resume: its construction is collective)."""
+        if not self.world.distributed:
+            return self.objective
+        if self._ddp is None:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self._ddp = DistributedDataParallel(self.objective, device_ids=ids)
+        return self._ddp
+
+    def _reseed(self) -> None:
+        """Data-parallel: each rank's dropout and negative-sampling streams, from the seed,
+        the epoch and the rank (different on every rank, and the same again on resume)."""
+        seed = np.random.SeedSequence([self.cfg.seed, self.epoch, self.world.rank])
+        a, b = (int(x) for x in seed.generate_state(2))
+        torch.manual_seed(a)
+        self.gen.manual_seed(b)
 
     def _batches(self, lengths: np.ndarray) -> list[np.ndarray]:
         """Random batches of users of similar length, so little of a batch is padding.
@@ -353,6 +451,8 @@ class Trainer:
         """Train to early stopping (or ``epochs``); the result holds the best model.
 
         With ``resume``, continue from ``checkpoint_dir/last.pt`` when it exists.
+        Data-parallel, every rank calls this; rank 0's result holds the best model, the
+        other ranks' the last epoch's (only rank 0 keeps the best weights).
         """
         if resume:
             self.resume()
@@ -365,7 +465,9 @@ class Trainer:
             unit="epoch",
             disable=not self.progress,
         )
+        main = self.world.main
         while self.epoch < cfg.epochs and self.bad_evals < cfg.patience:
+            distributed.die_if_asked(self.world, self.epoch + 1)  # test-only
             t = time.perf_counter()
             loss, seqs = self._epoch()
             self.epoch += 1
@@ -376,7 +478,7 @@ class Trainer:
                 "epoch_seconds": train_s,
                 "sequences_per_second": seqs / train_s,
             }
-            if self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs:
+            if main and (self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs):
                 try:
                     ndcg = evaluate(SASRecScorer(self.model), self.data, "valid", self.eval_cfg)
                 except TrainingError as e:
@@ -388,10 +490,17 @@ class Trainer:
                 self._track_best(rec["valid_ndcg_at_10"], time.perf_counter() - t0)
             self.elapsed = time.perf_counter() - t0
             rec["elapsed_seconds"] = self.elapsed
-            self.history.append(rec)
-            self.save()
-            if self.on_epoch:
-                self.on_epoch(rec)
+            if main:
+                self.history.append(rec)
+                self.save()
+                if self.on_epoch:
+                    self.on_epoch(rec)
+            if self.world.distributed:
+                # Rank 0's record and stopping state: every rank stops after the same epoch.
+                shared = (rec, self.best, self.bad_evals)
+                rec, self.best, self.bad_evals = distributed.broadcast(shared, self.world)
+                if not main:
+                    self.history.append(rec)
             bar.update(1)
             bar.set_postfix(
                 loss=f"{loss:.4f}",
@@ -399,13 +508,19 @@ class Trainer:
                 ndcg=f"{self.best['ndcg']:.4f}",
             )
         bar.close()
-        if self.best_state is None:
+        if self.best_state is None and (main or self.best["epoch"] < 1):
             raise TrainingError("no validation was run; set eval_every <= epochs")
+        if not main:
+            # Only rank 0 keeps the best weights; the others end with the last ones.
+            return self._result(self.model)
         best = SASRec(self.model_cfg)
         best.load_state_dict(self.best_state)
         best.eval()
+        return self._result(best)
+
+    def _result(self, model: SASRec) -> TrainResult:
         return TrainResult(
-            model=best,
+            model=model,
             best_epoch=int(self.best["epoch"]),
             best_valid_ndcg=float(self.best["ndcg"]),
             seconds_to_best=float(self.best["elapsed"]),
