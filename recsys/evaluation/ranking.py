@@ -3,7 +3,9 @@
 Scores are dot products of user vectors (B, d) with item vectors (I + 1, d); row 0 of the
 item matrix is padding and never ranked. Items are visited in blocks, so memory is
 ``B x block`` whatever the catalogue size. Excluded items (a user's history) are never
-ranked, except a user's own targets.
+ranked; a caller that keeps a target in the ranking leaves it out of ``exclude``
+(:func:`drop_targets`), while ``recsys.evaluation.evaluate`` counts a target in an
+excluded history as a miss instead.
 
 Ties are broken by the lower item index, in ranks and in top-K lists alike, so results
 are deterministic and a target's rank agrees with its position in the top-K list.
