@@ -22,6 +22,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -122,10 +123,10 @@ def main() -> int:
         print("| events | generate s | generate peak GiB | prepare s | prepare peak GiB | "
               "prepare bytes/event |")  # fmt: skip
         print("| --- | --- | --- | --- | --- | --- |")
+        args.work.mkdir(parents=True, exist_ok=True)
         for n in args.interactions:
-            folder = args.work / f"{n}"
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir(parents=True)
+            # A folder of its own under --work: only what this run wrote is deleted.
+            folder = Path(tempfile.mkdtemp(prefix=f"scale-{n}-", dir=args.work))
             log = str(folder / "log.parquet")
             g = _sub("generate", log, str(n))
             pr = _sub("prepare", log, str(folder / "prepared"))
