@@ -55,7 +55,6 @@ DEFAULT_K = 10
 CHUNK_ROWS = 1024  # rows scored together: bounds the (rows, k) and padded-history arrays
 QUOTE_CHARS = 60  # request values are quoted at most this long in errors
 MAX_EXPLAIN = 50  # history items a request row may ask for as reasons
-MAX_PLANS = 16  # compiled re-ranking configs kept between requests
 ANSWER_COLUMNS = pd.Index(["request", "user_id", "rank", "item_id", "score"])
 
 
@@ -194,7 +193,6 @@ class RecsysModel(mlflow.pyfunc.PythonModel):
         # request cost twice the CPU at 8 clients. One answer at a time leaves the other core
         # to MLflow's parsing and serialisation, which run outside predict.
         self._lock = threading.Lock()
-        self._plans: dict[str, allocation.Plan | None] = {}  # by the request's rerank JSON
 
     def _plan(self, column: pd.Series | None) -> allocation.Plan | None:
         """The request's re-ranking: its ``rerank`` value (one for all rows that give
@@ -213,13 +211,8 @@ class RecsysModel(mlflow.pyfunc.PythonModel):
             docs.append(json.dumps(v, sort_keys=True))
         if len(set(docs)) > 1:
             raise ValueError("rows give different rerank values; a request has at most one")
-        key = docs[0] if docs else ""
-        if key not in self._plans:
-            if len(self._plans) >= MAX_PLANS:
-                self._plans.clear()
-            spec = json.loads(key) if key else None
-            self._plans[key] = allocation.plan_for(self.rec.bundle, spec)
-        return self._plans[key]
+        # plan_for keeps compiled plans on the bundle: a repeated config costs a parse.
+        return allocation.plan_for(self.rec.bundle, json.loads(docs[0]) if docs else None)
 
     # Only the request is annotated: MLflow derives the input schema from these hints and
     # warns about Any.
