@@ -35,14 +35,15 @@ def _cell(data: str, options: dict, seed: int, threads: int) -> dict:
     from recsys.data.dataset import SequenceData
     from recsys.evaluation.evaluate import evaluate
     from recsys.options import from_flat
-    from recsys.training.fit import FitConfig, eval_config, fit, make_trainer
+    from recsys.training.fit import FitConfig, eval_config, fit, make_trainer, with_data_defaults
 
     values = {"progress": False, "threads": threads, **options, "seed": seed}
     cfg = from_flat(FitConfig, values, source="grid")
     ds = SequenceData.load(data)
     t0 = time.perf_counter()
     fitted = fit(cfg, ds, make_trainer(cfg, ds))
-    test = evaluate(fitted.scorer, ds, "test", eval_config(cfg, ks=(10,)))
+    resolved, _ = with_data_defaults(cfg, ds)  # the history setting, as training chose it
+    test = evaluate(fitted.scorer, ds, "test", eval_config(resolved, ks=(10,)))
     valid = max((r.get("valid_ndcg_at_10", -1.0) for r in fitted.history), default=float("nan"))
     return {
         "data": Path(data).name,

@@ -43,6 +43,11 @@ class CompareConfig:
     )
     output: str | None = option(None, "folder for comparison.csv, .md and .png charts")
     allow_mixed: bool = option(False, "compare runs on different data or protocols anyway")
+    pool_seeds: bool = option(
+        False,
+        "one row per setting: runs that differ only in their seed are averaged and tested "
+        "together, each paired with the baseline setting's run of the same seed",
+    )
     log: bool = option(True, "log the report as artifacts of a comparison run (with --output)")
     tracking_uri: str | None = option(None, "MLflow tracking URI", default_text=URI_HELP)
 
@@ -58,6 +63,7 @@ def run(cfg: CompareConfig) -> dict[str, Any]:
         allow_mixed=cfg.allow_mixed,
         tracking_uri=cfg.tracking_uri,
         x=x,
+        pool_seeds=cfg.pool_seeds,
     )
     out: dict[str, Any] = {"table": table, "markdown": to_markdown(table, cfg.metric, x)}
     files: list[Path] = []

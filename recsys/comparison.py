@@ -9,6 +9,10 @@ observed. With several runs against one baseline the p-values are Holm-corrected
 Runs evaluated on different data (dataset version, split, protocol) are refused unless
 ``allow_mixed`` is given: their numbers do not measure the same thing.
 
+With ``pool_seeds``, runs that differ only in their seed are one row: the metric is their
+mean, and each is paired with the baseline's run of the same seed, so the test resamples
+(seed, user) differences: a change is judged over every seed at once, not seed by seed.
+
 With a second metric ``x`` (e.g. ``test_ild_at_10``) the report also plots the trade-off:
 the compared metric against ``x`` per run, with the Pareto-optimal runs joined.
 """
@@ -235,6 +239,7 @@ def compare(
     reps: int = 2000,
     seed: int = 0,
     x: str | None = None,
+    pool_seeds: bool = False,
 ) -> pl.DataFrame:
     """One row per run: differing params, the metric with its 95% CI, training time and,
     against ``baseline`` (default: the first run), the difference, its paired-bootstrap
@@ -242,6 +247,10 @@ def compare(
 
     With a second metric ``x`` (stage prefix optional, see :func:`x_metric_name`) the
     table also has columns ``x``, ``x_ci_low`` and ``x_ci_high`` (null without a CI).
+
+    With ``pool_seeds``, runs whose params differ only in ``seed`` are one row (``runs``
+    of them, the metric and times their means, no CI), paired seed by seed with the
+    baseline's group.
 
     Raises
     ------
@@ -268,6 +277,10 @@ def compare(
     base_values = _per_user(base, stage, column, tracking_uri)
     keys = sorted({k for r in infos for k in r.params} - SKIP_PARAMS - set(IDENTITY))
     differing = [k for k in keys if len({r.params.get(k) for r in infos}) > 1]
+    if pool_seeds:
+        if x:
+            raise ValueError(f"x={x!r} with pool_seeds: the frontier plots single runs")
+        return _pooled(infos, base, [k for k in differing if k != "seed"], metric, tracking_uri)
     rows: list[dict[str, Any]] = []
     for r in infos:
         row: dict[str, Any] = {
@@ -313,6 +326,68 @@ def compare(
     return pl.DataFrame(rows, schema_overrides={c: t for c, t in schema.items() if c in rows[0]})
 
 
+def _pooled(
+    infos: list[RunInfo],
+    base: RunInfo,
+    differing: list[str],
+    metric: str,
+    tracking_uri: str | None,
+    reps: int = 2000,
+    seed: int = 0,
+) -> pl.DataFrame:
+    """:func:`compare`'s table with the runs that differ only in their seed pooled."""
+    stage, column = _per_user_column(metric)
+    groups: dict[tuple, list[RunInfo]] = {}
+    for r in infos:
+        groups.setdefault(tuple(r.params.get(k) for k in differing), []).append(r)
+    base_key = tuple(base.params.get(k) for k in differing)
+    by_seed = {r.params.get("seed"): r for r in groups[base_key]}
+    if len(by_seed) != len(groups[base_key]):
+        raise ValueError(f"the baseline's group has two runs with one seed: {sorted(by_seed)}")
+    rows: list[dict[str, Any]] = []
+    for key, members in groups.items():
+        seconds = [r.metrics.get("train_seconds") for r in members]
+        row: dict[str, Any] = {
+            # The first run stands for the group in charts (its learning curve).
+            "run": members[0].run_id[:8] + (f"+{len(members) - 1}" if len(members) > 1 else ""),
+            "run_id": members[0].run_id,
+            "name": members[0].name,
+            "params": ", ".join(f"{k}={v}" for k, v in zip(differing, key, strict=True)),
+            "seeds": ",".join(str(r.params.get("seed")) for r in members),
+            "runs": len(members),
+            metric: float(np.mean([r.metrics[metric] for r in members])),
+            "ci_low": None,
+            "ci_high": None,
+            "train_seconds": None if None in seconds else float(np.mean(seconds)),
+            "baseline": key == base_key,
+        }
+        if key == base_key:
+            row.update(diff=0.0, p_value=None)
+        else:
+            diffs = []
+            for r in members:
+                twin = by_seed.get(r.params.get("seed"))
+                if twin is None:
+                    raise ValueError(
+                        f"run {r.run_id[:8]} has seed {r.params.get('seed')}, which no run "
+                        f"of the baseline's group ({', '.join(sorted(map(str, by_seed)))}) has"
+                    )
+                joined = _per_user(twin, stage, column, tracking_uri).join(
+                    _per_user(r, stage, column, tracking_uri), on="user_idx", suffix="_run"
+                )
+                diffs.append((joined[f"{column}_run"] - joined[column]).to_numpy())
+            diff = np.concatenate(diffs)
+            row.update(diff=float(diff.mean()), p_value=paired_bootstrap_p(diff, reps, seed))
+        rows.append(row)
+    tested = [i for i, row in enumerate(rows) if row["p_value"] is not None]
+    adjusted = holm([rows[i]["p_value"] for i in tested])
+    for i, row in enumerate(rows):
+        row["p_holm"] = adjusted[tested.index(i)] if i in tested else None
+        row["significant"] = row["p_holm"] is not None and row["p_holm"] < 0.05
+    schema = {c: pl.Float64 for c in ("ci_low", "ci_high", "train_seconds", "p_value")}
+    return pl.DataFrame(rows, schema_overrides=schema)
+
+
 def to_markdown(table: pl.DataFrame, metric: str, x: str | None = None) -> str:
     """A Markdown table of :func:`compare`'s result (with ``x``: its column too)."""
 
@@ -323,6 +398,10 @@ def to_markdown(table: pl.DataFrame, metric: str, x: str | None = None) -> str:
         if low is None and high is None:
             return f"{value:.4f}"
         return f"{value:.4f} ({f(low, '.4f')}-{f(high, '.4f')})"
+
+    def params(r: dict[str, Any]) -> str:
+        # Pooled rows (compare(..., pool_seeds=True)) say which seeds they average.
+        return f"{r['params']} (seeds {r['seeds']})" if r.get("seeds") else r["params"]
 
     x_head, x_rule = (f" {x} (95% CI) |", " --- |") if x else ("", "")
     lines = [
@@ -335,7 +414,7 @@ def to_markdown(table: pl.DataFrame, metric: str, x: str | None = None) -> str:
         ci = f"{f(r['ci_low'], '.4f')}-{f(r['ci_high'], '.4f')}"
         x_cell = f" {with_ci(r['x'], r['x_ci_low'], r['x_ci_high'])} |" if x else ""
         lines.append(
-            f"| {r['run']}{mark} | {r['name']} | {r['params']} | {r[metric]:.4f} ({ci}) |"
+            f"| {r['run']}{mark} | {r['name']} | {params(r)} | {r[metric]:.4f} ({ci}) |"
             f"{x_cell} {f(r['train_seconds'], '.1f')} | {r['diff']:+.4f} | "
             f"{f(r['p_value'], '.4f')} | {f(r['p_holm'], '.4f')} |"
         )

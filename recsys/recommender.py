@@ -85,6 +85,7 @@ class Recommender(BaseEstimator):
         gbce_t: float = TrainConfig.gbce_t,
         patience: int = TrainConfig.patience,
         eval_every: int = TrainConfig.eval_every,
+        average: float = TrainConfig.average,
         seed: int = TrainConfig.seed,
         threads: int = TrainConfig.threads,
         device: str = TrainConfig.device,
@@ -116,6 +117,7 @@ class Recommender(BaseEstimator):
         self.gbce_t = gbce_t
         self.patience = patience
         self.eval_every = eval_every
+        self.average = average
         self.seed = seed
         self.threads = threads
         self.device = device

@@ -95,6 +95,30 @@ def test_seeds_do_not_differ_and_crippled_is_worse(experiment, tmp_path, capsys)
 
 
 @pytest.mark.slow  # trains the runs it compares
+def test_pooled_seeds_one_row_per_setting_paired_seed_by_seed(experiment, capsys):
+    single = {
+        r["name"]: r for r in recsys.compare("cmp", tracking_uri=experiment).iter_rows(named=True)
+    }
+    table = recsys.compare("cmp", tracking_uri=experiment, pool_seeds=True)
+    assert table.height == 2
+    base, crippled = table.row(0, named=True), table.row(1, named=True)
+    assert base["baseline"] and base["runs"] == 2 and base["seeds"] == "1,2"
+    mean = (single["seed1"]["test_ndcg_at_10"] + single["seed2"]["test_ndcg_at_10"]) / 2
+    assert base["test_ndcg_at_10"] == pytest.approx(mean, abs=1e-12)
+    assert "seed" not in base["params"] and "epochs=15" in base["params"]
+    # The crippled run has seed 1: paired with the baseline's seed-1 run, as unpooled.
+    assert crippled["runs"] == 1
+    assert crippled["diff"] == pytest.approx(single["crippled"]["diff"], abs=1e-12)
+    assert crippled["p_value"] == single["crippled"]["p_value"]
+    # Against the crippled setting (seed 1 only), seed 2 has no run to pair with.
+    with pytest.raises(ValueError, match="seed 2, which no run of the baseline's group"):
+        recsys.compare("cmp", tracking_uri=experiment, pool_seeds=True, baseline=table["run_id"][1])
+    args = ["compare", "--experiment", "cmp", "--tracking-uri", experiment, "--pool-seeds"]
+    assert main([*args, "--no-log"]) == 0
+    assert "(baseline)" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # trains the runs it compares
 def test_runs_on_different_datasets_are_refused(experiment, capsys):
     with pytest.raises(ValueError, match="runs differ in dataset_name"):
         recsys.compare("cmp-mixed", tracking_uri=experiment)

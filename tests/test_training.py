@@ -8,6 +8,7 @@ import torch.nn.functional as F
 import recsys.training.trainer as trainer_module
 from recsys.data.dataset import SequenceData
 from recsys.evaluation.evaluate import EvalConfig, evaluate
+from recsys.models.repeat import BatchBias, RepeatBias
 from recsys.models.sasrec import SASRecConfig
 from recsys.models.scorers import MostPopular, SASRecScorer
 from recsys.training.batches import training_batch
@@ -44,6 +45,36 @@ def test_losses_known_values():
         negs = sum(-F.logsigmoid(-(hn @ items[j])) for j in neg[n] if j != tn)
         expected.append((pos + negs) / 4)
     assert gbce.item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-5)
+
+
+def test_ce_gradients_equal_autograds_with_the_repeat_term():
+    # ce's hand-written backward against autograd through F.cross_entropy, on inputs
+    # with repeated items so that bias entries add up.
+    gen = torch.Generator().manual_seed(0)
+    inputs = torch.randint(0, 20, (6, 9), generator=gen)
+    inputs[:, :2] = 0
+    targets = torch.randint(1, 20, (6, 9), generator=gen)
+    targets[:, :2] = 0
+    h0, items0 = torch.randn(6, 9, 8, generator=gen), torch.randn(20, 8, generator=gen)
+    grads = []
+    for fused in (True, False):
+        repeat = RepeatBias(9)
+        with torch.no_grad():
+            repeat.raw.copy_(torch.randn(repeat.raw.shape, generator=torch.Generator()))
+        h, items = h0.clone().requires_grad_(), items0.clone().requires_grad_()
+        bias = BatchBias(repeat, inputs)
+        if fused:
+            value = sequence_loss("ce", h, targets, items, gen, repeat=repeat, inputs=inputs)
+        else:
+            real = targets != 0
+            logits = bias.add_to(h[real] @ items.T, real)
+            logits[:, 0] = float("-inf")
+            value = F.cross_entropy(logits, targets[real])
+        value.backward()
+        grads.append((value.detach(), h.grad, items.grad, repeat.raw.grad))
+    for a, b in zip(*grads, strict=True):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert grads[0][3].abs().sum() > 0  # the bias was trained
 
 
 @pytest.mark.parametrize("loss", LOSSES)
@@ -186,3 +217,45 @@ def test_device_option(monkeypatch):
     assert resolve_device("auto") == torch.device("cuda")
     with pytest.raises(ValueError, match="device='tpu'; expected one of"):
         TrainConfig(device="tpu")
+
+
+def test_weight_average_is_the_moving_average_of_the_steps(successor_data, monkeypatch):
+    # average=1 with 13 steps an epoch (400 users / 32): each step moves the average
+    # towards the new weights by 1 - 0.5 ** (1 / 13); validation judges the average.
+    t = _trainer(successor_data, epochs=1, average=1.0)
+    expected = {k: v.clone() for k, v in t.model.state_dict().items()}
+    decay = 0.5 ** (1 / 13)
+    step = t.train_step
+
+    def tracked(*args, **kw):
+        loss = step(*args, **kw)
+        for k, v in t.model.state_dict().items():
+            expected[k] = decay * expected[k] + (1 - decay) * v
+        return loss
+
+    monkeypatch.setattr(t, "train_step", tracked)
+    judged = []
+
+    def fake_evaluate(scorer, data, stage, cfg):
+        judged.append(scorer.model)
+        return SimpleNamespace(means={"ndcg@10": 0.5, "hr@10": 0.5})
+
+    monkeypatch.setattr(trainer_module, "evaluate", fake_evaluate)
+    res = t.fit()
+    assert judged == [t.averaged] and t.averaged is not t.model
+    for k, v in res.model.state_dict().items():
+        assert torch.allclose(v, expected[k], atol=1e-6), k
+    assert not torch.equal(res.model.pos_emb.weight, t.model.pos_emb.weight)
+
+
+def test_weight_average_resumes_exactly(successor_data, tmp_path):
+    full = _trainer(successor_data, average=0.5).fit()
+    _trainer(successor_data, tmp_path / "ck", average=0.5, epochs=2).fit()
+    ck = torch.load(tmp_path / "ck" / LAST, weights_only=True)
+    ck["train_cfg"]["epochs"] = 4
+    torch.save(ck, tmp_path / "ck" / LAST)
+    resumed = _trainer(successor_data, tmp_path / "ck", average=0.5).fit(resume=True)
+    for va, vb in zip(
+        full.model.state_dict().values(), resumed.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(va, vb)

@@ -133,6 +133,16 @@ class RepeatBias(nn.Module):
         ``logits`` is (B, T, num_items + 1), or (N, num_items + 1) for the N positions
         where ``real`` (B, T) is True, in row-major order.
         """
+        index, values = self.dense_entries(inputs, real)
+        return logits.index_put(index, values, accumulate=True)
+
+    def dense_entries(
+        self, inputs: torch.Tensor, real: torch.Tensor | None = None
+    ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """Where the biases go in logits over the whole catalogue, and their values (K,):
+        index ``(b, t, item)`` into (B, T, num_items + 1) logits, or ``(row, item)`` into
+        the (N, num_items + 1) logits of the positions where ``real`` (B, T) is True.
+        Entries repeat where an item occurs twice: they add up."""
         values, alive = self.live(inputs)  # (B, t, s)
         if real is not None:
             alive = alive & real[:, :, None]
@@ -141,7 +151,7 @@ class RepeatBias(nn.Module):
         if real is not None:
             row = (real.flatten().cumsum(0) - 1).view(real.shape)  # (B, T)
             index = (row[b, t],)
-        return logits.index_put((*index, inputs[b, s]), values[b, t, s], accumulate=True)
+        return (*index, inputs[b, s]), values[b, t, s]
 
     def last_position(self, history: torch.Tensor) -> torch.Tensor:
         """Biases (B, H) of each history item (B, H) when ranking what comes after it all.
@@ -171,6 +181,11 @@ class BatchBias:
         full = torch.zeros(*real.shape, cands.shape[-1], dtype=cands.dtype, device=cands.device)
         full[real] = cands
         return self.of(full)[real]
+
+    def entries(self, real: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """Index ``(row, item)`` into the (N, num_items + 1) logits of the real positions
+        (B, T) and the bias values (K,) that go there (they add up where repeated)."""
+        return self.repeat.dense_entries(self.inputs, real)
 
     def add_to(self, logits: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         """(N, num_items + 1) logits of the real positions (B, T), plus every bias."""

@@ -115,6 +115,14 @@ class TrainConfig:
         "level for dozens of epochs on small data: give it ~60)",
     )
     eval_every: int = option(1, "epochs between validations")
+    # Validating and keeping an average of recent weights instead of the last ones: the
+    # average sits nearer the middle of the minimum the optimiser circles in, and its
+    # validation curve is smoother, so early stopping picks its epoch from less noise.
+    average: float = option(
+        0.0,
+        "validate and keep an exponential moving average of the weights whose half-life is "
+        "this many epochs; 0 = the last weights",
+    )
     seed: int = option(0, "random seed")
     threads: int = option(0, "torch threads; 0 = the cores this process may use")
     device: str = option(
@@ -138,6 +146,8 @@ class TrainConfig:
                 raise ValueError(f"{name}={getattr(self, name)}: expected at least 1")
         if self.lr <= 0:
             raise ValueError(f"lr={self.lr}: expected > 0")
+        if not 0.0 <= self.average <= 100.0:
+            raise ValueError(f"average={self.average}: expected 0 (off) to 100 epochs")
 
 
 @dataclass
@@ -271,6 +281,10 @@ class Trainer:
             counts = torch.zeros_like(counts)  # every item alike
         self.log_q = popularity_log_q(counts) if train_cfg.loss == "sampled-softmax" else None
         self.objective = Objective(self.model, train_cfg, self.gen, self.log_q)
+        # The moving average of the weights (``average``), validated and kept instead of
+        # the model itself; updated after every step with ``self._decay``.
+        self.averaged = copy.deepcopy(self.model).eval() if train_cfg.average > 0 else None
+        self._decay = 0.0
         self._ddp: torch.nn.Module | None = None  # the objective, data-parallel (lazily)
         self.epoch = 0
         self.history: list[dict[str, float]] = []
@@ -286,6 +300,7 @@ class Trainer:
         """Everything needed to continue training exactly where it stopped."""
         return {
             "model": self.model.state_dict(),
+            "averaged": None if self.averaged is None else self.averaged.state_dict(),
             "optimizer": self.opt.state_dict(),
             "epoch": self.epoch,
             "history": self.history,
@@ -335,6 +350,8 @@ class Trainer:
         if ck is None:
             return False
         self.model.load_state_dict(ck["model"])
+        if self.averaged is not None:
+            self.averaged.load_state_dict(ck["averaged"])
         self.opt.load_state_dict(ck["optimizer"])
         self.epoch, self.history, self.best = ck["epoch"], ck["history"], ck["best"]
         self.bad_evals, self.elapsed, self.extra = ck["bad_evals"], ck["elapsed"], ck["extra"]
@@ -365,6 +382,9 @@ class Trainer:
                 start + full + (self.rng.random(len(length)) * (length - full + 1)).astype(np.int64)
             )
         batches = self._batches(np.minimum(stop - start, span))
+        if self.averaged is not None:
+            # Per step, so that the weights of ``average`` epochs ago count half.
+            self._decay = 0.5 ** (1.0 / (cfg.average * len(batches)))
         if self.world.distributed:
             self._reseed()
         self.model.train()
@@ -412,6 +432,12 @@ class Trainer:
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.opt.step()
+        if self.averaged is not None:
+            with torch.no_grad():
+                for avg, now in zip(
+                    self.averaged.parameters(), self.model.parameters(), strict=True
+                ):
+                    avg.lerp_(now, 1 - self._decay)
         return loss.item() * weight
 
     def _training_objective(self) -> torch.nn.Module:
@@ -480,7 +506,8 @@ class Trainer:
             }
             if main and (self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs):
                 try:
-                    ndcg = evaluate(SASRecScorer(self.model), self.data, "valid", self.eval_cfg)
+                    scorer = SASRecScorer(self._validated())
+                    ndcg = evaluate(scorer, self.data, "valid", self.eval_cfg)
                 except TrainingError as e:
                     raise TrainingError(
                         f"validation after epoch {self.epoch} failed: {e} (lr={cfg.lr})"
@@ -518,6 +545,10 @@ class Trainer:
         best.eval()
         return self._result(best)
 
+    def _validated(self) -> SASRec:
+        """The weights validation judges and the best state keeps: the average, if any."""
+        return self.model if self.averaged is None else self.averaged
+
     def _result(self, model: SASRec) -> TrainResult:
         return TrainResult(
             model=model,
@@ -534,7 +565,7 @@ class Trainer:
             raise TrainingError(f"validation NDCG@10 is NaN at epoch {self.epoch}")
         if ndcg > self.best["ndcg"]:
             self.best = {"ndcg": ndcg, "epoch": self.epoch, "elapsed": elapsed}
-            self.best_state = copy.deepcopy(self.model.state_dict())
+            self.best_state = copy.deepcopy(self._validated().state_dict())
             self.bad_evals = 0
         else:
             self.bad_evals += 1
