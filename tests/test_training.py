@@ -77,6 +77,21 @@ def test_ce_gradients_equal_autograds_with_the_repeat_term():
     assert grads[0][3].abs().sum() > 0  # the bias was trained
 
 
+def test_ce_reuses_its_logits_memory_safely():
+    # The logits live in memory reused by the next ce forward: a graph whose logits were
+    # overwritten refuses to run backward instead of returning wrong gradients.
+    gen = torch.Generator().manual_seed(0)
+    items = torch.randn(30, 8, requires_grad=True)
+    h = torch.randn(2, 4, 8, requires_grad=True)
+    targets = torch.randint(1, 30, (2, 4), generator=gen)
+    first = sequence_loss("ce", h, targets, items, gen)
+    second = sequence_loss("ce", h, targets, items, gen)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        first.backward()
+    second.backward()
+    assert torch.isfinite(h.grad).all() and h.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("loss", LOSSES)
 def test_every_loss_is_finite_and_has_gradients(loss):
     gen = torch.Generator().manual_seed(0)
