@@ -54,6 +54,8 @@ def _cell(data: str, options: dict, seed: int, threads: int) -> dict:
         "test_hr_at_10": test.means["hr@10"],
         "best_epoch": fitted.summary.get("best_epoch"),
         "seconds": time.perf_counter() - t0,
+        # validation NDCG@10 per epoch, to see when a setting levels off
+        "curve": [round(r.get("valid_ndcg_at_10", float("nan")), 5) for r in fitted.history],
     }
 
 
