@@ -118,8 +118,10 @@ class TrainConfig:
     # Validating and keeping an average of recent weights instead of the last ones: the
     # average sits nearer the middle of the minimum the optimiser circles in, and its
     # validation curve is smoother, so early stopping picks its epoch from less noise.
+    # Half-life 1 epoch: Beauty validation NDCG@10 0.0664 -> 0.0705 (seed 0); ml-100k
+    # 0.1161 -> 0.1156 (mean of 3 seeds, within noise). README "Why these defaults".
     average: float = option(
-        0.0,
+        1.0,
         "validate and keep an exponential moving average of the weights whose half-life is "
         "this many epochs; 0 = the last weights",
     )
