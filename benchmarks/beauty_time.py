@@ -23,6 +23,7 @@ import multiprocessing
 import resource
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,8 +80,9 @@ def main() -> int:
         if args.only and name != args.only:
             continue
         print(f"training the {name} (seed {args.seed}) ...", flush=True)
-        with ctx.Pool(1) as pool:
-            results[name] = pool.apply(_train, (args.data, options, args.seed, args.threads))
+        with ProcessPoolExecutor(1, mp_context=ctx) as pool:
+            job = pool.submit(_train, args.data, options, args.seed, args.threads)
+            results[name] = job.result()
     print(f"\nAmazon Beauty, seed {args.seed}, threads {args.threads or 'all'}")
     print(
         f"{'':14s} {'best epoch':>10s} {'s to best':>9s} {'total s':>8s} {'epochs':>6s} "

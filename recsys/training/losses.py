@@ -52,6 +52,11 @@ def _workspace(rows: int, cols: int, device: torch.device) -> torch.Tensor:
     return buf[: rows * cols].view(rows, cols)
 
 
+def release_workspaces() -> None:
+    """Give back the memory :func:`_workspace` kept (the trainer calls this when done)."""
+    _WORKSPACES.clear()
+
+
 class _FullSoftmaxCE(torch.autograd.Function):
     """Mean cross-entropy of hidden states (N, d) against every item (I + 1, d), with
     optional bias entries added to the logits, in one function: the (N, I + 1) logits,

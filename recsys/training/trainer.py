@@ -42,7 +42,7 @@ from recsys.options import check_choices, option
 from recsys.training import distributed
 from recsys.training.batches import target_counts, training_batch
 from recsys.training.distributed import SINGLE, World
-from recsys.training.losses import LOSSES, popularity_log_q, sequence_loss
+from recsys.training.losses import LOSSES, popularity_log_q, release_workspaces, sequence_loss
 
 log = logging.getLogger(__name__)
 
@@ -482,6 +482,12 @@ class Trainer:
         Data-parallel, every rank calls this; rank 0's result holds the best model, the
         other ranks' the last epoch's (only rank 0 keeps the best weights).
         """
+        try:
+            return self._fit(resume)
+        finally:
+            release_workspaces()  # ce's logits memory, kept between steps only
+
+    def _fit(self, resume: bool) -> TrainResult:
         if resume:
             self.resume()
         cfg = self.cfg
