@@ -411,10 +411,15 @@ def to_markdown(table: pl.DataFrame, metric: str, x: str | None = None) -> str:
     ]
     for r in table.iter_rows(named=True):
         mark = " (baseline)" if r["baseline"] else (" *" if r["significant"] else "")
-        ci = f"{f(r['ci_low'], '.4f')}-{f(r['ci_high'], '.4f')}"
+        # Pooled rows (several seeds) have no CI: the value alone.
+        ci = (
+            f" ({f(r['ci_low'], '.4f')}-{f(r['ci_high'], '.4f')})"
+            if r["ci_low"] is not None or r["ci_high"] is not None
+            else ""
+        )
         x_cell = f" {with_ci(r['x'], r['x_ci_low'], r['x_ci_high'])} |" if x else ""
         lines.append(
-            f"| {r['run']}{mark} | {r['name']} | {params(r)} | {r[metric]:.4f} ({ci}) |"
+            f"| {r['run']}{mark} | {r['name']} | {params(r)} | {r[metric]:.4f}{ci} |"
             f"{x_cell} {f(r['train_seconds'], '.1f')} | {r['diff']:+.4f} | "
             f"{f(r['p_value'], '.4f')} | {f(r['p_holm'], '.4f')} |"
         )
