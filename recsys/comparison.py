@@ -303,27 +303,44 @@ def compare(
         if r is base:
             row.update(diff=0.0, p_value=None)
         else:
-            joined = base_values.join(
-                _per_user(r, stage, column, tracking_uri), on="user_idx", suffix="_run"
-            )
-            if joined.height != base_values.height:
-                raise ValueError(
-                    f"run {r.run_id[:8]} was evaluated on other users than the baseline "
-                    f"{base.run_id[:8]}"
-                )
-            diff = (joined[f"{column}_run"] - joined[column]).to_numpy()
+            diff = _paired_diff(base, base_values, r, stage, column, tracking_uri)
             row.update(diff=float(diff.mean()), p_value=paired_bootstrap_p(diff, reps, seed))
         rows.append(row)
-    tested = [i for i, row in enumerate(rows) if row["p_value"] is not None]
-    adjusted = holm([rows[i]["p_value"] for i in tested])
-    for i, row in enumerate(rows):
-        row["p_holm"] = adjusted[tested.index(i)] if i in tested else None
-        row["significant"] = row["p_holm"] is not None and row["p_holm"] < 0.05
+    _adjust(rows)
     # Float columns even where every run lacks a value (e.g. x_ci_low of exposure_gini).
     schema = {
         c: pl.Float64 for c in ("ci_low", "ci_high", "train_seconds", "x_ci_low", "x_ci_high")
     }
     return pl.DataFrame(rows, schema_overrides={c: t for c, t in schema.items() if c in rows[0]})
+
+
+def _paired_diff(
+    base: RunInfo,
+    base_values: pl.DataFrame,
+    run: RunInfo,
+    stage: str,
+    column: str,
+    tracking_uri: str | None,
+) -> np.ndarray:
+    """Per-user differences ``run - base`` of ``column``, users matched by index."""
+    joined = base_values.join(
+        _per_user(run, stage, column, tracking_uri), on="user_idx", suffix="_run"
+    )
+    if joined.height != base_values.height:
+        raise ValueError(
+            f"run {run.run_id[:8]} was evaluated on other users than the baseline "
+            f"{base.run_id[:8]}"
+        )
+    return (joined[f"{column}_run"] - joined[column]).to_numpy()
+
+
+def _adjust(rows: list[dict[str, Any]]) -> None:
+    """Add the Holm-adjusted p-value and significance at 0.05 to every tested row."""
+    tested = [i for i, row in enumerate(rows) if row["p_value"] is not None]
+    adjusted = holm([rows[i]["p_value"] for i in tested])
+    for i, row in enumerate(rows):
+        row["p_holm"] = adjusted[tested.index(i)] if i in tested else None
+        row["significant"] = row["p_holm"] is not None and row["p_holm"] < 0.05
 
 
 def _pooled(
@@ -372,18 +389,12 @@ def _pooled(
                         f"run {r.run_id[:8]} has seed {r.params.get('seed')}, which no run "
                         f"of the baseline's group ({', '.join(sorted(map(str, by_seed)))}) has"
                     )
-                joined = _per_user(twin, stage, column, tracking_uri).join(
-                    _per_user(r, stage, column, tracking_uri), on="user_idx", suffix="_run"
-                )
-                diffs.append((joined[f"{column}_run"] - joined[column]).to_numpy())
+                twin_values = _per_user(twin, stage, column, tracking_uri)
+                diffs.append(_paired_diff(twin, twin_values, r, stage, column, tracking_uri))
             diff = np.concatenate(diffs)
             row.update(diff=float(diff.mean()), p_value=paired_bootstrap_p(diff, reps, seed))
         rows.append(row)
-    tested = [i for i, row in enumerate(rows) if row["p_value"] is not None]
-    adjusted = holm([rows[i]["p_value"] for i in tested])
-    for i, row in enumerate(rows):
-        row["p_holm"] = adjusted[tested.index(i)] if i in tested else None
-        row["significant"] = row["p_holm"] is not None and row["p_holm"] < 0.05
+    _adjust(rows)
     schema = {c: pl.Float64 for c in ("ci_low", "ci_high", "train_seconds", "p_value")}
     return pl.DataFrame(rows, schema_overrides=schema)
 
