@@ -22,31 +22,21 @@ import argparse
 import multiprocessing
 import resource
 import sys
-import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 OLD_DEFAULT = {"loss": "sampled-softmax", "max_len": 50, "dropout": 0.2, "lr": 2e-3}
 CONFIGS = {"old default": OLD_DEFAULT, "default": {}}
 
 
 def _train(data: str, options: dict, seed: int, threads: int) -> dict:
-    import logging
+    from grid import train_quietly  # benchmarks/grid.py, beside this script
 
-    logging.disable(logging.WARNING)
-    from recsys.data.dataset import SequenceData
-    from recsys.options import from_flat
-    from recsys.training.fit import FitConfig, fit, make_trainer
-
-    values = {"progress": False, "threads": threads, **options, "seed": seed}
-    cfg = from_flat(FitConfig, values, source="beauty_time")
-    ds = SequenceData.load(data)
-    t0 = time.perf_counter()
-    fitted = fit(cfg, ds, make_trainer(cfg, ds))
-    seconds = time.perf_counter() - t0
+    fitted, _, _, seconds = train_quietly(data, options, seed, threads, "beauty_time")
     history = fitted.history
     best = max(history, key=lambda r: r.get("valid_ndcg_at_10", -1.0))
     return {
@@ -83,7 +73,7 @@ def main() -> int:
         with ProcessPoolExecutor(1, mp_context=ctx) as pool:
             job = pool.submit(_train, args.data, options, args.seed, args.threads)
             results[name] = job.result()
-    print(f"\nAmazon Beauty, seed {args.seed}, threads {args.threads or 'all'}")
+    print(f"\n{Path(args.data).name}, seed {args.seed}, threads {args.threads or 'all'}")
     print(
         f"{'':14s} {'best epoch':>10s} {'s to best':>9s} {'total s':>8s} {'epochs':>6s} "
         f"{'peak GiB':>8s} {'valid NDCG@10':>13s}"

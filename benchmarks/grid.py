@@ -28,21 +28,35 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def _cell(data: str, options: dict, seed: int, threads: int) -> dict:
+def train_quietly(data: str, options: dict, seed: int, threads: int, source: str):
+    """Train one cell through the library (no MLflow, no progress bars, warnings off).
+
+    Returns the :class:`~recsys.training.fit.Fitted` model, its resolved config, the
+    dataset and the training seconds (benchmarks/beauty_time.py uses it too).
+    """
     import logging
 
     logging.disable(logging.WARNING)
     from recsys.data.dataset import SequenceData
-    from recsys.evaluation.evaluate import evaluate
     from recsys.options import from_flat
-    from recsys.training.fit import FitConfig, eval_config, fit, make_trainer, with_data_defaults
+    from recsys.training.fit import FitConfig, fit, make_trainer, with_data_defaults
 
     values = {"progress": False, "threads": threads, **options, "seed": seed}
-    cfg = from_flat(FitConfig, values, source="grid")
+    cfg = from_flat(FitConfig, values, source=source)
     ds = SequenceData.load(data)
     t0 = time.perf_counter()
     fitted = fit(cfg, ds, make_trainer(cfg, ds))
+    seconds = time.perf_counter() - t0
     resolved, _ = with_data_defaults(cfg, ds)  # the history setting, as training chose it
+    return fitted, resolved, ds, seconds
+
+
+def _cell(data: str, options: dict, seed: int, threads: int) -> dict:
+    from recsys.evaluation.evaluate import evaluate
+    from recsys.training.fit import eval_config
+
+    t0 = time.perf_counter()
+    fitted, resolved, ds, _ = train_quietly(data, options, seed, threads, "grid")
     test = evaluate(fitted.scorer, ds, "test", eval_config(resolved, ks=(10,)))
     valid = max((r.get("valid_ndcg_at_10", -1.0) for r in fitted.history), default=float("nan"))
     return {
