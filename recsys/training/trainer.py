@@ -284,8 +284,10 @@ class Trainer:
         self.log_q = popularity_log_q(counts) if train_cfg.loss == "sampled-softmax" else None
         self.objective = Objective(self.model, train_cfg, self.gen, self.log_q)
         # The moving average of the weights (``average``), validated and kept instead of
-        # the model itself; updated after every step with ``self._decay``.
-        self.averaged = copy.deepcopy(self.model).eval() if train_cfg.average > 0 else None
+        # the model itself; updated after every step with ``self._decay``. Only rank 0
+        # validates and keeps weights, so only rank 0 averages.
+        averages = train_cfg.average > 0 and self.world.main
+        self.averaged = copy.deepcopy(self.model).eval() if averages else None
         self._decay = 0.0
         self._ddp: torch.nn.Module | None = None  # the objective, data-parallel (lazily)
         self.epoch = 0
