@@ -89,3 +89,24 @@ def test_too_long_and_bad_config():
         SASRecConfig(num_items=5, d_model=10, n_heads=3)
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['heads'\]"):
         from_flat(SASRecConfig, {"heads": 2})
+
+
+def test_scorer_cuts_padding_without_changing_vectors():
+    # Histories of 1..40 items in a 40-wide window: the scorer cuts each to a multiple
+    # of 8 positions and runs users of one width together; the vectors equal the
+    # model's on the whole padded window, and each user alone gets the same bits.
+    from recsys.models.scorers import SASRecScorer
+
+    m = SASRec(SASRecConfig(num_items=30, max_len=40, d_model=16, n_heads=2, dropout=0.2))
+    m.eval()
+    gen = torch.Generator().manual_seed(1)
+    lengths = torch.tensor([1, 3, 8, 9, 17, 40, 25, 2])
+    items = torch.randint(1, 31, (8, 40), generator=gen)
+    items[torch.arange(40)[None, :] < (40 - lengths)[:, None]] = 0  # left padding
+    scorer = SASRecScorer(m)
+    got = scorer.user_vectors(items)
+    with torch.no_grad():
+        whole = m.user_repr(items)
+    assert torch.allclose(got, whole, atol=1e-5)
+    for i in range(8):
+        assert torch.equal(scorer.user_vectors(items[i : i + 1]), got[i : i + 1])

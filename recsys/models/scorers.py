@@ -14,6 +14,8 @@ import torch
 from recsys.models.sasrec import SASRec
 
 MODEL_KINDS = ("sasrec", "most-popular")
+USER_GROUP = 128  # users per forward pass of SASRecScorer.user_vectors
+WIDTH_STEP = 8  # user_vectors cuts windows to multiples of this many positions
 
 
 class Scorer(Protocol):
@@ -46,8 +48,30 @@ class SASRecScorer:
 
     @torch.no_grad()
     def user_vectors(self, inputs: torch.Tensor) -> torch.Tensor:
-        """(B, d) of left-padded histories (B, T)."""
-        return self.model.user_repr(inputs.to(self._device()))
+        """(B, d) of left-padded histories (B, T).
+
+        Each history is cut to its length rounded up to a multiple of 8 (of 8 x
+        ceil(T / 64) for long windows), and users of one width run together: in a
+        short-sequence log most of a padded window is padding, whose attention and
+        feed-forward cost as much as real positions (Beauty's validation: 3.1 s -> 1.3 s).
+        Positions count from the right end and padding is masked, so the cut changes
+        nothing but the work; a user's width does not depend
+        on the others in the batch, so one user alone gets the same vector to the bit.
+        """
+        inputs = inputs.to(self._device())
+        B, T = inputs.shape
+        # Multiples of 8 positions: on a CPU the matrix kernels then give a row the same
+        # bits whatever the number of rows beside it (not so for 1-7 rows).
+        step = WIDTH_STEP * -(-T // (WIDTH_STEP * 8))
+        lengths = (inputs != 0).sum(1).clamp(min=1)  # (B,)
+        widths = ((lengths + step - 1) // step * step).clamp(max=T)  # (B,)
+        out = torch.empty(B, self.model.cfg.d_model, device=inputs.device)
+        for width in widths.unique().tolist():
+            same = (widths == width).nonzero()[:, 0]
+            for lo in range(0, len(same), USER_GROUP):
+                group = same[lo : lo + USER_GROUP]
+                out[group] = self.model.user_repr(inputs[group, T - width :])
+        return out
 
     def item_vectors(self) -> torch.Tensor:
         """(num_items + 1, d) the output item embeddings."""
