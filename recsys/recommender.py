@@ -86,6 +86,7 @@ class Recommender(BaseEstimator):
         patience: int = TrainConfig.patience,
         eval_every: int = TrainConfig.eval_every,
         average: float = TrainConfig.average,
+        logits_precision: str = TrainConfig.logits_precision,
         seed: int = TrainConfig.seed,
         threads: int = TrainConfig.threads,
         device: str = TrainConfig.device,
@@ -118,6 +119,7 @@ class Recommender(BaseEstimator):
         self.patience = patience
         self.eval_every = eval_every
         self.average = average
+        self.logits_precision = logits_precision
         self.seed = seed
         self.threads = threads
         self.device = device

@@ -36,8 +36,11 @@ MAX_LEN = 10
 def _step_trainer(path: Path, world: World) -> Trainer:
     data = SequenceData.load(path)
     # No dropout and a loss without sampling: the only randomness is the initial weights,
-    # the same on every rank for the seed.
-    cfg = TrainConfig(loss="ce", batch_size=8, lr=1e-2, grad_clip=0.0, threads=1)
+    # the same on every rank for the seed. float32 logits: bfloat16 would round each
+    # rank's share apart from the whole batch.
+    cfg = TrainConfig(
+        loss="ce", batch_size=8, lr=1e-2, grad_clip=0.0, threads=1, logits_precision="fp32"
+    )
     mcfg = SASRecConfig(num_items=data.num_items, max_len=MAX_LEN, d_model=16, dropout=0.0)
     return Trainer(mcfg, cfg, data, progress=False, world=world)
 

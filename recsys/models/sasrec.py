@@ -85,6 +85,24 @@ def attention_mask(items: torch.Tensor) -> torch.Tensor:
     return (causal & real_key) | diag  # (B, 1, T, T)
 
 
+class Dropout(nn.Module):
+    """``nn.Dropout``, its mask drawn by comparing uniform numbers with ``p``: on a CPU
+    that is 2-3x faster than the ``bernoulli_`` draw ``nn.Dropout`` makes, which took 9%
+    of a training step on Beauty (dropout 0.5 on every block)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        return x * ((torch.rand_like(x) >= self.p) * (1.0 / (1.0 - self.p)))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: SASRecConfig):
         super().__init__()
@@ -120,7 +138,7 @@ class FeedForward(nn.Module):
         self.net = nn.Sequential(
             nn.Linear(cfg.d_model, d_ff),
             nn.GELU(),
-            nn.Dropout(cfg.dropout),
+            Dropout(cfg.dropout),
             nn.Linear(d_ff, cfg.d_model),
         )
 
@@ -136,7 +154,7 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(cfg)
         self.ln2 = nn.LayerNorm(cfg.d_model)
         self.ff = FeedForward(cfg)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def forward(
         self, x: torch.Tensor, mask: torch.Tensor, need_weights: bool = False
@@ -167,7 +185,7 @@ class SASRec(nn.Module):
         self.cfg = cfg
         self.item_emb = nn.Embedding(cfg.num_items + 1, cfg.d_model, padding_idx=0)
         self.pos_emb = nn.Embedding(cfg.max_len, cfg.d_model)
-        self.emb_drop = nn.Dropout(cfg.dropout)
+        self.emb_drop = Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model) if cfg.pre_ln else nn.Identity()
         self.out_emb = (

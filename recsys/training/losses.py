@@ -34,11 +34,13 @@ LOSSES = ("ce", "bce", "sampled-softmax", "gbce")
 GBCE_POOL = 8192  # gbce draws each position's negatives from this many items per batch
 
 
-_WORKSPACES: dict[torch.device, torch.Tensor] = {}
+_WORKSPACES: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 
 
-def _workspace(rows: int, cols: int, device: torch.device) -> torch.Tensor:
-    """A (rows, cols) float32 tensor over memory kept from call to call (grown as needed).
+def _workspace(
+    rows: int, cols: int, device: torch.device, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """A (rows, cols) tensor over memory kept from call to call (grown as needed).
 
     On a CPU, allocating a tensor of the logits' size (tens of MB) costs as much as the
     matrix product that fills it: the memory comes fresh from the system every time.
@@ -46,9 +48,9 @@ def _workspace(rows: int, cols: int, device: torch.device) -> torch.Tensor:
     view an earlier graph saved, so running that graph backward afterwards raises
     instead of reading overwritten values.
     """
-    buf = _WORKSPACES.get(device)
+    buf = _WORKSPACES.get((device, dtype))
     if buf is None or buf.numel() < rows * cols:
-        buf = _WORKSPACES[device] = torch.empty(rows * cols, device=device)
+        buf = _WORKSPACES[device, dtype] = torch.empty(rows * cols, device=device, dtype=dtype)
     return buf[: rows * cols].view(rows, cols)
 
 
@@ -63,35 +65,43 @@ class _FullSoftmaxCE(torch.autograd.Function):
     the largest tensor of training, are allocated once and turned into the softmax and
     then into their own gradient in place (autograd's version allocates it three times,
     and on a CPU a fresh tensor of that size costs as much as a pass over it). Equal to
-    ``F.cross_entropy``'s loss and gradients to float rounding (tested)."""
+    ``F.cross_entropy``'s loss and gradients to float rounding (tested).
+
+    With ``dtype`` bfloat16 the three products with the catalogue (the logits, and the
+    two gradients through them) take bfloat16 inputs and the logits are kept in
+    bfloat16, as mixed-precision training on GPUs does; the sums stay float32. Where the
+    hardware has bfloat16 arithmetic those products run about 4x faster.
+    """
 
     @staticmethod
-    def forward(ctx, h, items, target, rows, cols, values):  # type: ignore[override]
-        logits = _workspace(h.shape[0], items.shape[0], h.device)  # (N, I + 1)
-        torch.mm(h, items.T, out=logits)
+    def forward(ctx, h, items, target, rows, cols, values, dtype):  # type: ignore[override]
+        h_, items_ = h.to(dtype), items.to(dtype)  # no copies in float32
+        logits = _workspace(h.shape[0], items.shape[0], h.device, dtype)  # (N, I + 1)
+        torch.mm(h_, items_.T, out=logits)
         if values is not None:
-            logits.index_put_((rows, cols), values, accumulate=True)
+            logits.index_put_((rows, cols), values.to(dtype), accumulate=True)
         logits[:, 0] = float("-inf")  # padding is never an answer
         at = torch.arange(len(target), device=h.device)
-        picked = logits[at, target]  # (N,)
+        picked = logits[at, target].float()  # (N,)
         top = logits.amax(1, keepdim=True)  # (N, 1)
         e = logits.sub_(top).exp_()  # (N, I + 1) unnormalised softmax, in place
-        total = e.sum(1)  # (N,)
-        loss = (top[:, 0] + total.log() - picked).mean()
-        ctx.save_for_backward(h, items, target, rows, cols, e, total)
+        total = e.sum(1, dtype=torch.float32)  # (N,)
+        loss = (top[:, 0].float() + total.log() - picked).mean()
+        ctx.save_for_backward(h_, items_, target, rows, cols, e, total)
         ctx.has_bias = values is not None
         return loss
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        h, items, target, rows, cols, e, total = ctx.saved_tensors
+        h_, items_, target, rows, cols, e, total = ctx.saved_tensors
         # (softmax - one-hot) * grad / N, written over the saved exponentials (this graph
         # is not run backward twice).
         scale = grad / len(target)
-        p = e.mul_((scale / total)[:, None])  # (N, I + 1)
-        p[torch.arange(len(target), device=p.device), target] -= scale
-        d_values = p[rows, cols] if ctx.has_bias else None
-        return p @ items, p.T @ h, None, None, None, d_values
+        p = e.mul_((scale / total).to(e.dtype)[:, None])  # (N, I + 1)
+        p[torch.arange(len(target), device=p.device), target] -= scale.to(e.dtype)
+        d_values = p[rows, cols].float() if ctx.has_bias else None
+        d_h, d_items = (p @ items_).float(), (p.T @ h_).float()  # (N, d), (I + 1, d)
+        return d_h, d_items, None, None, None, d_values, None
 
 
 def ce_loss(
@@ -99,12 +109,13 @@ def ce_loss(
     targets: torch.Tensor,
     items: torch.Tensor,
     bias: BatchBias | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     real = targets != 0
     rows = cols = values = None
     if bias is not None:
         (rows, cols), values = bias.entries(real)
-    return _FullSoftmaxCE.apply(h[real], items, targets[real], rows, cols, values)
+    return _FullSoftmaxCE.apply(h[real], items, targets[real], rows, cols, values, dtype)
 
 
 def bce_loss(
@@ -213,19 +224,21 @@ def sequence_loss(
     log_q: torch.Tensor | None = None,
     repeat: RepeatBias | None = None,
     inputs: torch.Tensor | None = None,
+    logits_dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """The ``kind`` loss of hidden states h (B, T, d) for next items ``targets`` (B, T).
 
     Positions whose target is 0 are ignored. ``log_q`` (I + 1,) is the log sampling
     distribution of ``sampled-softmax`` (item popularity, -inf at padding). With a
     ``repeat`` term, ``inputs`` (B, T) are the input items its bias are taken from.
+    ``logits_dtype`` is the number format of ``ce``'s products with the catalogue.
     """
     bias = None
     if repeat is not None:
         assert inputs is not None, "the repeat term needs the input items"
         bias = BatchBias(repeat, inputs)
     if kind == "ce":
-        return ce_loss(h, targets, items, bias)
+        return ce_loss(h, targets, items, bias, logits_dtype)
     if kind == "bce":
         return bce_loss(h, targets, items, gen, bias)
     if kind == "sampled-softmax":
