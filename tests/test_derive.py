@@ -8,7 +8,9 @@ from recsys.data.dataset import SequenceData
 from recsys.models.sasrec import SASRecConfig
 from recsys.training.derive import (
     SequenceStats,
+    batch_positions,
     derive_dropout,
+    derive_lr,
     derive_max_len,
     resolve,
     sequence_stats,
@@ -37,6 +39,15 @@ def test_dropout_falls_with_events_per_user(mean, expected):
     assert derive_dropout(stats(mean=mean)) == expected
 
 
+@pytest.mark.parametrize(
+    ("positions", "expected"),
+    # Amazon Beauty has ~733 target positions a batch of 128 users, ml-100k ~11,306.
+    [(0.0, 1e-3), (733, 1e-3), (1000, 1e-3), (4000, 2e-3), (11_306, 3.4e-3), (1e6, 5e-3)],
+)
+def test_lr_grows_with_the_square_root_of_a_batchs_positions(positions, expected):
+    assert derive_lr(positions) == expected
+
+
 def test_stats_and_resolve_on_a_tiny_dataset(tmp_path, make_prepared):
     # Leave-one-out keeps all but the last two events for training: 1..10 events per
     # user, of which the 9 users with 2 or more can be trained on.
@@ -63,8 +74,15 @@ def test_stats_and_resolve_on_a_tiny_dataset(tmp_path, make_prepared):
     fit_cfg = FitConfig(model="most-popular", history="include")
     assert with_data_defaults(fit_cfg, data) == (fit_cfg, [])
     fit_cfg = dataclasses.replace(FitConfig(), sasrec=SASRecConfig(dropout=0.3))
-    resolved, _ = with_data_defaults(fit_cfg, data)
+    resolved, notes = with_data_defaults(fit_cfg, data)
     assert (resolved.sasrec.max_len, resolved.sasrec.dropout) == (50, 0.3)
+    # Training windows of 2..10 events hold 1..9 targets, 5 a user; a batch of 128 holds
+    # all 9 users. With max_len 3 a window holds at most 3: (1 + 2 + 7 x 3) / 9 a user.
+    assert batch_positions(data, 50, 128) == pytest.approx(45.0)
+    assert batch_positions(data, 50, 4) == pytest.approx(20.0)
+    assert batch_positions(data, 3, 9) == pytest.approx(24.0)
+    assert resolved.train.lr == 1e-3
+    assert any(n.startswith("lr=0.001: 45 target positions a batch of 128") for n in notes)
 
 
 def test_a_model_needs_the_derived_values():
@@ -112,5 +130,5 @@ def test_recommender_keeps_its_parameters_and_reports_what_was_derived(
     data = make_prepared(tmp_path / "d", successor_sequences(30, 12))
     rec = Recommender(epochs=1, d_model=8, progress=False, dropout=0.1).fit(data)
     assert rec.get_params()["max_len"] is None and rec.get_params()["dropout"] == 0.1
-    assert rec.derived_ == {"max_len": 50, "loss": "ce"}
+    assert rec.derived_ == {"max_len": 50, "loss": "ce", "lr": 1e-3}
     assert rec.bundle.meta["model_config"]["max_len"] == 50

@@ -1,7 +1,7 @@
 """Settings derived from the statistics of the prepared data, where the best value depends
 on the data's shape.
 
-Three options are unset by default (``None``) and ``history`` is ``auto``; all are filled
+Four options are unset by default (``None``) and ``history`` is ``auto``; all are filled
 in here from the training sequences (each user's events before the validation target),
 the catalogue size and how often users repeat.
 
@@ -21,6 +21,16 @@ the catalogue size and how often users repeat.
   ``max_len`` <= 1,000,000: 512 MB of float32 for 128 windows), else
   ``sampled-softmax``, whose cost does not grow with the catalogue. Where both are
   affordable ce validated better on both reference logs.
+
+- ``lr`` follows how many target positions a batch holds (``batch_size`` users times
+  the mean number of next-item targets in a user's window): 1e-3 up to 1,000 positions,
+  and above that 1e-3 times the square root of positions / 1,000, at most 5e-3 (two
+  significant digits). A batch of many positions averages its gradient over more
+  targets, so it is less noisy and takes a larger step safely; the square root is
+  Adam's scaling rule (Malladi et al., NeurIPS 2022); 5e-3 is the largest rate trained
+  stably here. A shop log (Beauty: ~730 positions a batch) keeps the 1e-3 it validated
+  best at; MovieLens (ml-100k: ~11,300) gets 3.4e-3, which validated within noise of
+  1e-3 (0.1146 against 0.1156, 3 seeds) and reaches its best epoch 2-3x sooner.
 
 - ``history`` (``auto``): whether the doors show items of the user's history. Excluded,
   unless more than 20% of the validation targets are already in their user's history
@@ -45,6 +55,7 @@ from recsys.models.sasrec import SASRecConfig
 MAX_LEN_STEP, MAX_LEN_MIN, MAX_LEN_MAX = 50, 50, 200
 DROPOUT_SPARSE, DROPOUT_DENSE = 0.5, 0.2  # at <= SPARSE_LEN and >= DENSE_LEN events/user
 SPARSE_LEN, DENSE_LEN = 10.0, 100.0
+LR_BASE, LR_POSITIONS, LR_MAX = 1e-3, 1000.0, 5e-3  # lr for <= LR_POSITIONS targets a batch
 # ce's logits for a batch of 128 windows: 128 x 1M x 4 bytes = 512 MB (and as much again
 # for their gradient) at this bound.
 CE_MAX_ITEMS_X_LEN = 1_000_000
@@ -103,6 +114,37 @@ def resolve_loss(loss: str | None, num_items: int, max_len: int) -> tuple[str, l
     limit = f"{CE_MAX_ITEMS_X_LEN:,}"
     why = f"at most {limit}" if loss == "ce" else f"over {limit}: ce's logits would not fit"
     return loss, [f"loss={loss}: {size}, {why}"]
+
+
+def batch_positions(data: SequenceData, max_len: int, batch_size: int) -> float:
+    """Mean next-item targets in a batch of ``batch_size`` users' training windows (of
+    all users, where there are fewer)."""
+    _, start, stop = data.train_ranges()
+    if len(start) == 0:
+        return 0.0
+    targets = np.minimum(stop - start, max_len + 1) - 1  # a window of L + 1 events: L targets
+    return min(batch_size, len(start)) * float(targets.mean())
+
+
+def derive_lr(positions: float) -> float:
+    """1e-3 up to 1,000 target positions a batch; above, times sqrt(positions / 1,000),
+    at most 5e-3; to two significant digits."""
+    lr = LR_BASE * math.sqrt(max(positions / LR_POSITIONS, 1.0))
+    return float(f"{min(lr, LR_MAX):.2g}")
+
+
+def resolve_lr(
+    lr: float | None, data: SequenceData, max_len: int, batch_size: int
+) -> tuple[float, list[str]]:
+    """``lr``, or the derived one when unset, and a line saying why (none when given)."""
+    if lr is not None:
+        return lr, []
+    positions = batch_positions(data, max_len, batch_size)
+    lr = derive_lr(positions)
+    return lr, [
+        f"lr={lr:g}: {positions:,.0f} target positions a batch of {batch_size} (1e-3 up to "
+        f"{LR_POSITIONS:,.0f}, times the square root of the ratio above, at most {LR_MAX:g})"
+    ]
 
 
 def resolve(cfg: SASRecConfig, data: SequenceData) -> tuple[SASRecConfig, list[str]]:

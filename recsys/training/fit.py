@@ -76,8 +76,9 @@ def with_data_defaults(cfg: FitConfig, data: SequenceData) -> tuple[FitConfig, l
     sasrec, derived = derive.resolve(cfg.sasrec, data)
     assert sasrec.max_len is not None
     loss, more = derive.resolve_loss(cfg.train.loss, data.num_items, sasrec.max_len)
-    train = dataclasses.replace(cfg.train, loss=loss)
-    return dataclasses.replace(cfg, sasrec=sasrec, train=train), derived + more + notes
+    lr, why_lr = derive.resolve_lr(cfg.train.lr, data, sasrec.max_len, cfg.train.batch_size)
+    train = dataclasses.replace(cfg.train, loss=loss, lr=lr)
+    return dataclasses.replace(cfg, sasrec=sasrec, train=train), derived + more + why_lr + notes
 
 
 def make_trainer(

@@ -18,6 +18,7 @@ broadcasts the best-epoch bookkeeping, so every rank stops after the same epoch.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import os
@@ -41,6 +42,7 @@ from recsys.models.scorers import SASRecScorer
 from recsys.options import check_choices, option
 from recsys.training import distributed
 from recsys.training.batches import target_counts, training_batch
+from recsys.training.derive import resolve_lr
 from recsys.training.distributed import SINGLE, World
 from recsys.training.losses import LOSSES, popularity_log_q, release_workspaces, sequence_loss
 
@@ -115,7 +117,12 @@ class TrainConfig:
     )
     epochs: int = option(200, "most epochs; early stopping usually ends sooner")
     batch_size: int = option(128, "users per batch (batched by similar length)")
-    lr: float = option(1e-3, "AdamW learning rate")
+    # None: 1e-3, more for batches of many target positions (recsys.training.derive).
+    lr: float | None = option(
+        None,
+        "AdamW learning rate",
+        default_text="from the data: 1e-3, larger for batches of over 1,000 target positions",
+    )
     weight_decay: float = option(0.0, "AdamW weight decay")
     grad_clip: float = option(1.0, "max gradient norm; 0 = off")
     num_negatives: int = option(256, "negatives for sampled-softmax and gbce")
@@ -174,7 +181,7 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "patience", "eval_every", "num_negatives"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: expected at least 1")
-        if self.lr <= 0:
+        if self.lr is not None and self.lr <= 0:
             raise ValueError(f"lr={self.lr}: expected > 0")
         if not 0.0 <= self.average <= 100.0:
             raise ValueError(f"average={self.average}: expected 0 (off) to 100 epochs")
@@ -283,6 +290,10 @@ class Trainer:
             raise ValueError(
                 "loss must be set; recsys.training.fit.with_data_defaults derives it from the data"
             )
+        if train_cfg.lr is None:  # a Trainer built by hand: derived as the jobs derive it
+            assert model_cfg.max_len is not None
+            lr, _ = resolve_lr(None, data, model_cfg.max_len, train_cfg.batch_size)
+            train_cfg = dataclasses.replace(train_cfg, lr=lr)
         self.model_cfg, self.cfg, self.data = model_cfg, train_cfg, data
         base = eval_cfg or EvalConfig()
         # Early stopping reads NDCG@10 and HR@10 only: no CIs, no beyond-accuracy metrics.
