@@ -55,8 +55,8 @@ class SASRecScorer:
         short-sequence log most of a padded window is padding, whose attention and
         feed-forward cost as much as real positions (Beauty's validation: 3.1 s -> 1.3 s).
         Positions count from the right end and padding is masked, so the cut changes
-        nothing but the work; a user's width does not depend
-        on the others in the batch, so one user alone gets the same vector to the bit.
+        nothing but the work; a user's width does not depend on the others in the batch,
+        so one user alone gets the same vector to the bit.
         """
         inputs = inputs.to(self._device())
         B, T = inputs.shape
