@@ -64,7 +64,7 @@ def bench_training(users: int, items: int, steps: int) -> None:
         for loss in LOSSES:
             rates = {}
             for name, (bucketed, repeat) in variants.items():
-                cfg = TrainConfig(loss=loss, epochs=1, batch_size=128, seed=0)
+                cfg = TrainConfig(loss=loss, lr=1e-3, epochs=1, batch_size=128, seed=0)
                 mcfg = SASRecConfig(num_items=data.num_items, max_len=max_len, repeat_bias=repeat)
                 t = Trainer(mcfg, cfg, data, progress=False)
                 t.data = view

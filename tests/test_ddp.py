@@ -153,7 +153,7 @@ def _rank_every_loss(rank: int, port: int, path: Path, out: Path) -> None:
         weights = {}
         for loss in LOSSES:
             for tie in (True, False):
-                cfg = TrainConfig(loss=loss, batch_size=8, num_negatives=5, threads=1)
+                cfg = TrainConfig(loss=loss, lr=1e-3, batch_size=8, num_negatives=5, threads=1)
                 mcfg = SASRecConfig(
                     num_items=data.num_items, max_len=MAX_LEN, d_model=8, dropout=0.2,
                     tie_embeddings=tie,

@@ -297,3 +297,12 @@ def test_logits_precision_follows_the_hardware_unless_given(monkeypatch):
         assert trainer.resolve_logits_precision("fp32", cpu) == torch.float32
     with pytest.raises(ValueError, match="logits_precision"):
         TrainConfig(logits_precision="fp16")
+
+
+def test_a_trainer_needs_the_derived_loss_and_lr(tmp_path, make_prepared):
+    data = SequenceData.load(make_prepared(tmp_path / "d", [[1, 2, 3, 4], [2, 3, 4, 5]]))
+    mcfg = SASRecConfig(num_items=data.num_items, max_len=4, d_model=8, dropout=0.0)
+    with pytest.raises(ValueError, match=r"^lr must be set; .*with_data_defaults"):
+        Trainer(mcfg, TrainConfig(loss="ce"), data, progress=False)
+    with pytest.raises(ValueError, match=r"^loss and lr must be set"):
+        Trainer(mcfg, TrainConfig(), data, progress=False)

@@ -18,7 +18,6 @@ broadcasts the best-epoch bookkeeping, so every rank stops after the same epoch.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 import math
 import os
@@ -42,7 +41,6 @@ from recsys.models.scorers import SASRecScorer
 from recsys.options import check_choices, option
 from recsys.training import distributed
 from recsys.training.batches import target_counts, training_batch
-from recsys.training.derive import resolve_lr
 from recsys.training.distributed import SINGLE, World
 from recsys.training.losses import LOSSES, popularity_log_q, release_workspaces, sequence_loss
 
@@ -286,14 +284,12 @@ class Trainer:
             raise ValueError(
                 f"model num_items={model_cfg.num_items} but the dataset has {data.num_items}"
             )
-        if train_cfg.loss is None:
+        unset = [name for name in ("loss", "lr") if getattr(train_cfg, name) is None]
+        if unset:
             raise ValueError(
-                "loss must be set; recsys.training.fit.with_data_defaults derives it from the data"
+                f"{' and '.join(unset)} must be set; recsys.training.fit.with_data_defaults "
+                "derives them from the data"
             )
-        if train_cfg.lr is None:  # a Trainer built by hand: derived as the jobs derive it
-            assert model_cfg.max_len is not None
-            lr, _ = resolve_lr(None, data, model_cfg.max_len, train_cfg.batch_size)
-            train_cfg = dataclasses.replace(train_cfg, lr=lr)
         self.model_cfg, self.cfg, self.data = model_cfg, train_cfg, data
         base = eval_cfg or EvalConfig()
         # Early stopping reads NDCG@10 and HR@10 only: no CIs, no beyond-accuracy metrics.
