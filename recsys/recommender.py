@@ -85,6 +85,7 @@ class Recommender(BaseEstimator):
         gbce_t: float = TrainConfig.gbce_t,
         patience: int = TrainConfig.patience,
         eval_every: int = TrainConfig.eval_every,
+        lr_decay: float = TrainConfig.lr_decay,
         average: float = TrainConfig.average,
         logits_precision: str = TrainConfig.logits_precision,
         seed: int = TrainConfig.seed,
@@ -118,6 +119,7 @@ class Recommender(BaseEstimator):
         self.gbce_t = gbce_t
         self.patience = patience
         self.eval_every = eval_every
+        self.lr_decay = lr_decay
         self.average = average
         self.logits_precision = logits_precision
         self.seed = seed

@@ -306,3 +306,46 @@ def test_a_trainer_needs_the_derived_loss_and_lr(tmp_path, make_prepared):
         Trainer(mcfg, TrainConfig(loss="ce"), data, progress=False)
     with pytest.raises(ValueError, match=r"^loss and lr must be set"):
         Trainer(mcfg, TrainConfig(), data, progress=False)
+
+
+def test_lr_decays_at_each_third_of_patience_without_improvement(
+    successor_data, tmp_path, monkeypatch
+):
+    # Validations: best at 1, then 6 without improvement (decays after the 2nd and 4th:
+    # patience 6 // 3 = 2; none at the 6th, where training stops).
+    scripted = [0.5, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1]
+
+    def fake_evaluate(scorer, data, stage, cfg):
+        return SimpleNamespace(means={"ndcg@10": scripted[len(calls)], "hr@10": 0.0})
+
+    calls: list[int] = []
+    real = trainer_module.Trainer._track_best
+
+    def track(self, ndcg, elapsed):
+        calls.append(1)
+        real(self, ndcg, elapsed)
+
+    monkeypatch.setattr(trainer_module, "evaluate", fake_evaluate)
+    monkeypatch.setattr(trainer_module.Trainer, "_track_best", track)
+    res = _trainer(successor_data, epochs=200, patience=6, lr=1e-2, lr_decay=0.5).fit()
+    assert res.epochs_run == 7 and res.best_epoch == 1
+    # Each epoch's record holds the rate it trained with.
+    lrs = [r["learning_rate"] for r in res.history]
+    assert lrs == pytest.approx([1e-2, 1e-2, 1e-2, 5e-3, 5e-3, 2.5e-3, 2.5e-3])
+
+    # Interrupted after epoch 4 (one decay done), a resumed run continues at 5e-3.
+    calls.clear()
+    _trainer(successor_data, tmp_path, epochs=4, patience=6, lr=1e-2, lr_decay=0.5).fit()
+    ck = torch.load(tmp_path / LAST, weights_only=True)
+    ck["train_cfg"]["epochs"] = 200
+    torch.save(ck, tmp_path / LAST)
+    resumed = _trainer(successor_data, tmp_path, epochs=200, patience=6, lr=1e-2, lr_decay=0.5)
+    assert [r["learning_rate"] for r in resumed.fit(resume=True).history] == lrs
+
+    # Off (1, the default) keeps the rate; a factor outside (0, 1] is refused.
+    calls.clear()
+    assert {r["learning_rate"] for r in _trainer(successor_data, epochs=3).fit().history} == {
+        5e-3
+    }
+    with pytest.raises(ValueError, match=r"lr_decay=1\.5"):
+        TrainConfig(lr_decay=1.5)

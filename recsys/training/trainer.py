@@ -138,6 +138,14 @@ class TrainConfig:
         "level for dozens of epochs on small data: give it ~60)",
     )
     eval_every: int = option(1, "epochs between validations")
+    # Once validation stalls, smaller steps can still settle deeper into the minimum the
+    # optimiser circles in; early stopping still ends training ``patience`` validations
+    # after the last improvement.
+    lr_decay: float = option(
+        1.0,
+        "multiply the learning rate by this at every third of patience (at least 1) "
+        "validations in a row without improvement; 1 = keep it",
+    )
     # Validating and keeping an average of recent weights instead of the last ones: the
     # average sits nearer the middle of the minimum the optimiser circles in, and its
     # validation curve is smoother, so early stopping picks its epoch from less noise.
@@ -181,6 +189,8 @@ class TrainConfig:
                 raise ValueError(f"{name}={getattr(self, name)}: expected at least 1")
         if self.lr is not None and self.lr <= 0:
             raise ValueError(f"lr={self.lr}: expected > 0")
+        if not 0.0 < self.lr_decay <= 1.0:
+            raise ValueError(f"lr_decay={self.lr_decay}: expected above 0 and at most 1")
         if not 0.0 <= self.average <= 100.0:
             raise ValueError(f"average={self.average}: expected 0 (off) to 100 epochs")
 
@@ -562,6 +572,7 @@ class Trainer:
                 "train_loss": loss,
                 "epoch_seconds": train_s,
                 "sequences_per_second": seqs / train_s,
+                "learning_rate": self.opt.param_groups[0]["lr"],  # the epoch's
             }
             if main and (self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs):
                 try:
@@ -574,6 +585,7 @@ class Trainer:
                 rec["valid_ndcg_at_10"] = ndcg.means["ndcg@10"]
                 rec["valid_hr_at_10"] = ndcg.means["hr@10"]
                 self._track_best(rec["valid_ndcg_at_10"], time.perf_counter() - t0)
+                self._decay_lr()
             self.elapsed = time.perf_counter() - t0
             rec["elapsed_seconds"] = self.elapsed
             if main:
@@ -587,6 +599,8 @@ class Trainer:
                 rec, self.best, self.bad_evals = distributed.broadcast(shared, self.world)
                 if not main:
                     self.history.append(rec)
+                    if "valid_ndcg_at_10" in rec:
+                        self._decay_lr()
             bar.update(1)
             bar.set_postfix(
                 loss=f"{loss:.4f}",
@@ -603,6 +617,24 @@ class Trainer:
         best.load_state_dict(self.best_state)
         best.eval()
         return self._result(best)
+
+    def _decay_lr(self) -> None:
+        """After a validation: ``lr_decay`` at every third of ``patience`` validations in a
+        row without improvement (every rank, from the same ``bad_evals``)."""
+        cfg = self.cfg
+        every = max(1, cfg.patience // 3)
+        if cfg.lr_decay == 1.0 or self.bad_evals == 0 or self.bad_evals % every:
+            return
+        if self.bad_evals >= cfg.patience:
+            return  # training stops here
+        for group in self.opt.param_groups:
+            group["lr"] *= cfg.lr_decay
+        log.info(
+            "lr %.3g after %d validations without improvement (epoch %d)",
+            self.opt.param_groups[0]["lr"],
+            self.bad_evals,
+            self.epoch,
+        )
 
     def _validated(self) -> SASRec:
         """The weights validation judges and the best state keeps: the average, if any."""
