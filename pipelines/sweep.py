@@ -4,7 +4,8 @@ as child runs of one parent MLflow run.
 Run it as ``recsys sweep --data DIR --experiment NAME --grid loss=ce,bce max_len=50,200
 [--seeds 1,2]``. Each child is a normal training run (everything logged). A child that
 fails is recorded as failed and the sweep goes on. Re-running the same sweep reuses its
-parent run and skips the children already finished with the same config.
+parent run and skips the children already finished with the same config (``--rerun``
+trains them again, e.g. after the code changed).
 
 Re-ranking values sweep too: ``--grid rerank.diversity.lambda=1,0.9,0.7`` (on top of
 ``--set rerank=FILE``, or of no re-ranking). Children that differ only in ``rerank.*``
@@ -57,6 +58,11 @@ class SweepConfig:
     )
     tracking_uri: str | None = option(None, "MLflow tracking URI", default_text=URI_HELP)
     progress: bool = option(False, "progress bars")
+    rerun: bool = option(
+        False,
+        "train every child again, also those finished before (after the code changed); "
+        "the new runs join the same parent run",
+    )
 
 
 RERANK = "rerank."  # prefix of re-ranking values (``rerank.diversity.lambda``)
@@ -151,7 +157,7 @@ def run(cfg: SweepConfig) -> dict[str, Any]:
         [exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'"
     )
     finished = [c for c in children if c.info.status == "FINISHED"]
-    done = {c.data.tags.get("sweep_key") for c in finished}
+    done = set() if cfg.rerun else {c.data.tags.get("sweep_key") for c in finished}
     # Trained models by their training options alone, from any sweep of the experiment:
     # re-ranking values reuse them (the run's git_commit tag says which code trained it).
     trained = client.search_runs(
@@ -162,7 +168,7 @@ def run(cfg: SweepConfig) -> dict[str, Any]:
     models = {
         c.data.tags["train_key"]: c.info.run_id
         for c in trained
-        if "train_key" in c.data.tags and c.data.tags.get("kind") != "reranked"
+        if "train_key" in c.data.tags and c.data.tags.get("kind") != "reranked" and not cfg.rerun
     }
     outcomes = []
     for overrides in combos:

@@ -175,6 +175,13 @@ def test_sweep_children_failures_and_rerun(
     assert client.get_run(parent).info.status == "FINISHED"
     table = recsys.compare("sw", tracking_uri=uri)
     assert table.height == 2 and "seed=1" in table["params"][0]
+    # --rerun trains the finished children again, under the same parent run.
+    assert main([*args, "--rerun"]) == 0
+    out = capsys.readouterr().out
+    assert line_of(out, "parent run") == parent
+    assert "skipped" not in out and out.count("status=finished") == 2
+    children = client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
+    assert sorted(c.info.status for c in children).count("FINISHED") == 4
 
 
 def line_of(out: str, key: str) -> str:
