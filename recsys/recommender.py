@@ -72,6 +72,7 @@ class Recommender(BaseEstimator):
         dropout: float = SASRecConfig.dropout,
         attn_dropout: float = SASRecConfig.attn_dropout,
         pre_ln: bool = SASRecConfig.pre_ln,
+        gated: bool = SASRecConfig.gated,
         scale_embeddings: bool = SASRecConfig.scale_embeddings,
         tie_embeddings: bool = SASRecConfig.tie_embeddings,
         repeat_bias: bool = SASRecConfig.repeat_bias,
@@ -106,6 +107,7 @@ class Recommender(BaseEstimator):
         self.dropout = dropout
         self.attn_dropout = attn_dropout
         self.pre_ln = pre_ln
+        self.gated = gated
         self.scale_embeddings = scale_embeddings
         self.tie_embeddings = tie_embeddings
         self.repeat_bias = repeat_bias

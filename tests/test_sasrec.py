@@ -33,9 +33,9 @@ def test_shapes():
     assert m.last_attention(items).shape == (2, 2, 2, 6)
 
 
-@pytest.mark.parametrize("pre_ln", [True, False])
-def test_causal_future_items_do_not_leak(pre_ln):
-    m = model(pre_ln=pre_ln)
+@pytest.mark.parametrize(("pre_ln", "gated"), [(True, False), (False, False), (True, True)])
+def test_causal_future_items_do_not_leak(pre_ln, gated):
+    m = model(pre_ln=pre_ln, gated=gated)
     a = torch.tensor([[0, 1, 2, 3, 4, 5]])
     b = torch.tensor([[0, 1, 2, 3, 9, 7]])
     with torch.no_grad():
@@ -128,3 +128,22 @@ def test_dropout_keeps_a_share_and_rescales_it():
     assert torch.equal(x.grad, y.detach())  # the gradient goes through the kept ones only
     drop.eval()
     assert drop(x) is x
+
+
+def test_gated_blocks_scale_each_branch_by_its_gate():
+    m = model(gated=True, n_layers=1)
+    items = torch.tensor([[0, 0, 3, 4, 5, 6]])
+    block = m.blocks[0]
+    with torch.no_grad():
+        gated = m(items)[0]
+        # Gates shut (a very negative bias): each block passes its input through.
+        for g in block.gates:
+            g.weight.zero_()
+            g.bias.fill_(-1e4)
+        shut = m(items)[0]
+        x = m.embed(items) + m.pos_emb(torch.arange(6))
+        x = x * (items != 0).unsqueeze(-1)
+    assert torch.allclose(shut, m.ln_f(x), atol=1e-5)
+    assert not torch.allclose(gated, shut)
+    with pytest.raises(ValueError, match="needs pre_ln"):
+        SASRecConfig(gated=True, pre_ln=False)

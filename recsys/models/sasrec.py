@@ -44,6 +44,10 @@ class SASRecConfig:
     # mask per layer) for no measured gain in accuracy.
     attn_dropout: float = option(0.0, "dropout on attention weights")
     pre_ln: bool = option(True, "pre-LN blocks; --no-pre-ln: the paper's post-LN")
+    # LiGR (LinkedIn, 2025; eSASRec's blocks): each residual branch is multiplied by a
+    # sigmoid gate computed from the block's normalised input, so a layer can pass its
+    # input through unchanged where its update does not help.
+    gated: bool = option(False, "gate each residual branch (LiGR-style blocks; needs pre-LN)")
     scale_embeddings: bool = option(True, "multiply item embeddings by sqrt(d_model)")
     # Score with the input item embeddings (the paper's), or with separate output ones
     # (gSASRec's choice, needed for its many-negatives gbce loss to train).
@@ -67,6 +71,8 @@ class SASRecConfig:
             value = getattr(self, name)
             if value is not None and not 0.0 <= value < 1.0:
                 raise ValueError(f"{name}={value}: expected 0 <= {name} < 1")
+        if self.gated and not self.pre_ln:
+            raise ValueError("gated=True needs pre_ln=True (gates act on the normalised input)")
         for name in ("max_len", "d_model", "n_layers", "n_heads"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: expected at least 1")
@@ -155,11 +161,22 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(cfg.d_model)
         self.ff = FeedForward(cfg)
         self.drop = Dropout(cfg.dropout)
+        self.gates = (
+            nn.ModuleList(nn.Linear(cfg.d_model, cfg.d_model) for _ in range(2))
+            if cfg.gated
+            else None
+        )
 
     def forward(
         self, x: torch.Tensor, mask: torch.Tensor, need_weights: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.pre_ln:
+        if self.gates is not None:
+            h = self.ln1(x)
+            a, w = self.attn(h, mask, need_weights)
+            x = x + self.drop(torch.sigmoid(self.gates[0](h)) * a)
+            h = self.ln2(x)
+            x = x + self.drop(torch.sigmoid(self.gates[1](h)) * self.ff(h))
+        elif self.pre_ln:
             a, w = self.attn(self.ln1(x), mask, need_weights)
             x = x + self.drop(a)
             x = x + self.drop(self.ff(self.ln2(x)))
