@@ -9,14 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from recsys.comparison import (
-    HIGHER_IS_BETTER,
-    compare,
-    log_report,
-    to_markdown,
-    write_report,
-    x_metric_name,
-)
+from recsys.comparison import HIGHER_IS_BETTER, compare, x_metric_name
+from recsys.comparison_report import log_report, to_markdown, write_report
 from recsys.options import option
 from recsys.tracking import URI_HELP
 

@@ -299,7 +299,7 @@ def test_x_missing_from_a_run_names_runs_and_metric(frontier_runs, tmp_path):
 def test_frontier_report_logged_and_rewritten(frontier_runs, tmp_path, capsys):
     from mlflow import MlflowClient
 
-    from recsys.comparison import frontier_figure, learning_curve
+    from recsys.comparison_report import frontier_figure, learning_curve
 
     uri, ids = frontier_runs
     out = tmp_path / "report"
