@@ -64,6 +64,7 @@ class Recommender(BaseEstimator):
         *,
         model: str = FitConfig.model,
         loss: str = TrainConfig.loss,
+        label_smoothing: float = TrainConfig.label_smoothing,
         max_len: int = SASRecConfig.max_len,
         d_model: int = SASRecConfig.d_model,
         n_layers: int = SASRecConfig.n_layers,
@@ -99,6 +100,7 @@ class Recommender(BaseEstimator):
         # scikit-learn's contract: store the arguments unchanged, validate in fit.
         self.model = model
         self.loss = loss
+        self.label_smoothing = label_smoothing
         self.max_len = max_len
         self.d_model = d_model
         self.n_layers = n_layers

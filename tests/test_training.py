@@ -48,8 +48,9 @@ def test_losses_known_values():
     assert gbce.item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-5)
 
 
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_ce_gradients_equal_autograds_with_the_repeat_term(dtype):
+def test_ce_gradients_equal_autograds_with_the_repeat_term(dtype, smoothing):
     # ce's hand-written backward against autograd through F.cross_entropy (float32), on
     # inputs with repeated items so that bias entries add up; with bfloat16 products to
     # within their rounding (8 bits of mantissa: about 0.4% an element).
@@ -68,13 +69,21 @@ def test_ce_gradients_equal_autograds_with_the_repeat_term(dtype):
         bias = BatchBias(repeat, inputs)
         if fused:
             value = sequence_loss(
-                "ce", h, targets, items, gen, repeat=repeat, inputs=inputs, logits_dtype=dtype
+                "ce",
+                h,
+                targets,
+                items,
+                gen,
+                repeat=repeat,
+                inputs=inputs,
+                logits_dtype=dtype,
+                label_smoothing=smoothing,
             )
         else:
             real = targets != 0
             logits = bias.add_to(h[real] @ items.T, real)
-            logits[:, 0] = float("-inf")
-            value = F.cross_entropy(logits, targets[real])
+            # Smoothing spreads over the items, not the padding column 0.
+            value = F.cross_entropy(logits[:, 1:], targets[real] - 1, label_smoothing=smoothing)
         value.backward()
         grads.append((value.detach(), h.grad, items.grad, repeat.raw.grad))
     for a, b in zip(*grads, strict=True):
@@ -349,3 +358,18 @@ def test_lr_decays_at_each_third_of_patience_without_improvement(
     }
     with pytest.raises(ValueError, match=r"lr_decay=1\.5"):
         TrainConfig(lr_decay=1.5)
+
+
+def test_label_smoothing_is_for_ce_only():
+    import dataclasses
+
+    # Also where the loss comes from the data: with_data_defaults fills it in with
+    # dataclasses.replace, which checks again.
+    unset = TrainConfig(label_smoothing=0.1)
+    with pytest.raises(ValueError, match="this run's loss is 'sampled-softmax'"):
+        dataclasses.replace(unset, loss="sampled-softmax")
+    assert TrainConfig(label_smoothing=0.1).label_smoothing == 0.1  # loss from the data
+    with pytest.raises(ValueError, match="applies to loss 'ce' only"):
+        TrainConfig(loss="bce", label_smoothing=0.1)
+    with pytest.raises(ValueError, match=r"label_smoothing=1\.0"):
+        TrainConfig(label_smoothing=1.0)

@@ -74,7 +74,7 @@ class _FullSoftmaxCE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, h, items, target, rows, cols, values, dtype):  # type: ignore[override]
+    def forward(ctx, h, items, target, rows, cols, values, dtype, smoothing):  # type: ignore[override]
         h_, items_ = h.to(dtype), items.to(dtype)  # no copies in float32
         logits = _workspace(h.shape[0], items.shape[0], h.device, dtype)  # (N, I + 1)
         torch.mm(h_, items_.T, out=logits)
@@ -83,12 +83,18 @@ class _FullSoftmaxCE(torch.autograd.Function):
         logits[:, 0] = float("-inf")  # padding is never an answer
         at = torch.arange(len(target), device=h.device)
         picked = logits[at, target].float()  # (N,)
+        if smoothing:
+            # Label smoothing: the target distribution puts smoothing / I on every item.
+            picked = (1 - smoothing) * picked + smoothing * logits[:, 1:].mean(
+                1, dtype=torch.float32
+            )
         top = logits.amax(1, keepdim=True)  # (N, 1)
         e = logits.sub_(top).exp_()  # (N, I + 1) unnormalised softmax, in place
         total = e.sum(1, dtype=torch.float32)  # (N,)
         loss = (top[:, 0].float() + total.log() - picked).mean()
         ctx.save_for_backward(h_, items_, target, rows, cols, e, total)
         ctx.has_bias = values is not None
+        ctx.smoothing = smoothing
         return loss
 
     @staticmethod
@@ -98,10 +104,13 @@ class _FullSoftmaxCE(torch.autograd.Function):
         # is not run backward twice).
         scale = grad / len(target)
         p = e.mul_((scale / total).to(e.dtype)[:, None])  # (N, I + 1)
-        p[torch.arange(len(target), device=p.device), target] -= scale.to(e.dtype)
+        eps = ctx.smoothing
+        if eps:
+            p[:, 1:] -= (scale * eps / (p.shape[1] - 1)).to(e.dtype)
+        p[torch.arange(len(target), device=p.device), target] -= (scale * (1 - eps)).to(e.dtype)
         d_values = p[rows, cols].float() if ctx.has_bias else None
         d_h, d_items = (p @ items_).float(), (p.T @ h_).float()  # (N, d), (I + 1, d)
-        return d_h, d_items, None, None, None, d_values, None
+        return d_h, d_items, None, None, None, d_values, None, None
 
 
 def ce_loss(
@@ -110,12 +119,15 @@ def ce_loss(
     items: torch.Tensor,
     bias: BatchBias | None = None,
     dtype: torch.dtype = torch.float32,
+    smoothing: float = 0.0,
 ) -> torch.Tensor:
     real = targets != 0
     rows = cols = values = None
     if bias is not None:
         (rows, cols), values = bias.entries(real)
-    return _FullSoftmaxCE.apply(h[real], items, targets[real], rows, cols, values, dtype)
+    return _FullSoftmaxCE.apply(
+        h[real], items, targets[real], rows, cols, values, dtype, smoothing
+    )
 
 
 def bce_loss(
@@ -225,20 +237,23 @@ def sequence_loss(
     repeat: RepeatBias | None = None,
     inputs: torch.Tensor | None = None,
     logits_dtype: torch.dtype = torch.float32,
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
     """The ``kind`` loss of hidden states h (B, T, d) for next items ``targets`` (B, T).
 
     Positions whose target is 0 are ignored. ``log_q`` (I + 1,) is the log sampling
     distribution of ``sampled-softmax`` (item popularity, -inf at padding). With a
     ``repeat`` term, ``inputs`` (B, T) are the input items its bias are taken from.
-    ``logits_dtype`` is the number format of ``ce``'s products with the catalogue.
+    ``logits_dtype`` is the number format of ``ce``'s products with the catalogue;
+    ``label_smoothing`` (``ce`` only) the share of the target distribution spread evenly
+    over the catalogue.
     """
     bias = None
     if repeat is not None:
         assert inputs is not None, "the repeat term needs the input items"
         bias = BatchBias(repeat, inputs)
     if kind == "ce":
-        return ce_loss(h, targets, items, bias, logits_dtype)
+        return ce_loss(h, targets, items, bias, logits_dtype, label_smoothing)
     if kind == "bce":
         return bce_loss(h, targets, items, gen, bias)
     if kind == "sampled-softmax":

@@ -113,6 +113,11 @@ class TrainConfig:
         choices=LOSSES,
         default_text="from the data: ce for small catalogues, else sampled-softmax",
     )
+    # Softer targets keep the full softmax from growing over-confident on the training
+    # sequences (Szegedy et al., 2016).
+    label_smoothing: float = option(
+        0.0, "ce only: share of the target spread evenly over the catalogue; 0 = off"
+    )
     epochs: int = option(200, "most epochs; early stopping usually ends sooner")
     batch_size: int = option(128, "users per batch (batched by similar length)")
     # None: 1e-3, more for batches of many target positions (recsys.training.derive).
@@ -189,6 +194,13 @@ class TrainConfig:
                 raise ValueError(f"{name}={getattr(self, name)}: expected at least 1")
         if self.lr is not None and self.lr <= 0:
             raise ValueError(f"lr={self.lr}: expected > 0")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing={self.label_smoothing}: expected 0 <= it < 1")
+        if self.label_smoothing and self.loss not in (None, "ce"):
+            raise ValueError(
+                f"label_smoothing={self.label_smoothing} applies to loss 'ce' only; this "
+                f"run's loss is {self.loss!r} (set loss to ce, or label_smoothing to 0)"
+            )
         if not 0.0 < self.lr_decay <= 1.0:
             raise ValueError(f"lr_decay={self.lr_decay}: expected above 0 and at most 1")
         if not 0.0 <= self.average <= 100.0:
@@ -254,6 +266,7 @@ class Objective(torch.nn.Module):
             repeat=self.model.repeat,
             inputs=inputs,
             logits_dtype=self.logits_dtype,
+            label_smoothing=cfg.label_smoothing,
         )
 
 
