@@ -45,7 +45,8 @@ from recsys.tracking import (
 from recsys.training import distributed
 from recsys.training.distributed import World
 from recsys.training.fit import FitConfig, eval_config, fit, make_trainer, with_data_defaults
-from recsys.training.trainer import BEST, LAST, resolve_device
+from recsys.training.hardware import resolve_device
+from recsys.training.trainer import BEST, LAST
 
 log = logging.getLogger(__name__)
 

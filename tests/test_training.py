@@ -241,7 +241,7 @@ def test_sampled_softmax_negatives_by_popularity_or_uniform(successor_data):
 
 
 def test_device_option(monkeypatch):
-    from recsys.training.trainer import resolve_device
+    from recsys.training.hardware import resolve_device
 
     assert resolve_device("cpu") == torch.device("cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -297,7 +297,8 @@ def test_weight_average_resumes_exactly(successor_data, tmp_path):
 
 
 def test_logits_precision_follows_the_hardware_unless_given(monkeypatch):
-    trainer = trainer_module
+    import recsys.training.hardware as trainer
+
     cpu = torch.device("cpu")
     for fast, expected in ((True, torch.bfloat16), (False, torch.float32)):
         monkeypatch.setattr(trainer, "bf16_is_fast", lambda device, fast=fast: fast)
