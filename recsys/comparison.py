@@ -321,8 +321,7 @@ def _paired_diff(
     )
     if joined.height != base_values.height:
         raise ValueError(
-            f"run {run.run_id[:8]} was evaluated on other users than the baseline "
-            f"{base.run_id[:8]}"
+            f"run {run.run_id[:8]} was evaluated on other users than the baseline {base.run_id[:8]}"
         )
     return (joined[f"{column}_run"] - joined[column]).to_numpy()
 

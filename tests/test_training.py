@@ -354,9 +354,7 @@ def test_lr_decays_at_each_third_of_patience_without_improvement(
 
     # Off (1, the default) keeps the rate; a factor outside (0, 1] is refused.
     calls.clear()
-    assert {r["learning_rate"] for r in _trainer(successor_data, epochs=3).fit().history} == {
-        5e-3
-    }
+    assert {r["learning_rate"] for r in _trainer(successor_data, epochs=3).fit().history} == {5e-3}
     with pytest.raises(ValueError, match=r"lr_decay=1\.5"):
         TrainConfig(lr_decay=1.5)
 

@@ -90,6 +90,7 @@ def compile_plan(cfg: RerankConfig, features: ItemFeatures) -> Plan:
         Unknown item IDs or genres, or a method or rule the item metadata cannot serve
         (genres for calibration, quotas and genre similarity; release dates for a boost).
     """
+
     def indices(ids: list[str], what: str) -> list[int]:
         if not ids:
             return []

@@ -125,9 +125,7 @@ def ce_loss(
     rows = cols = values = None
     if bias is not None:
         (rows, cols), values = bias.entries(real)
-    return _FullSoftmaxCE.apply(
-        h[real], items, targets[real], rows, cols, values, dtype, smoothing
-    )
+    return _FullSoftmaxCE.apply(h[real], items, targets[real], rows, cols, values, dtype, smoothing)
 
 
 def bce_loss(
