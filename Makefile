@@ -30,6 +30,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check recsys pipelines tests benchmarks
+	$(BIN)/ruff format --check recsys pipelines tests benchmarks
 	$(BIN)/python -m pytest -q
 
 clean:
