@@ -58,7 +58,8 @@ def experiment(tmp_path_factory, make_prepared, successor_sequences):
     other = make_prepared(root / "other", successor_sequences(100, 20, seed=6), name="other")
     for d in (other, data):  # most-popular on two datasets: a mixed experiment
         args = ["train", "--data", str(d), "--model", "most-popular", "--no-progress"]
-        assert main([*args, "--experiment", "cmp-mixed", "--tracking-uri", uri]) == 0
+        out = ["--output", str(root / f"pop-{d.name}")]  # not data/runs of the checkout
+        assert main([*args, "--experiment", "cmp-mixed", "--tracking-uri", uri, *out]) == 0
     return uri
 
 
@@ -134,9 +135,11 @@ def test_paired_bootstrap_and_holm_known_answers():
 
 
 def test_sweep_children_failures_and_rerun(
-    tmp_path, capsys, line_of, make_prepared, successor_sequences
+    tmp_path, capsys, monkeypatch, line_of, make_prepared, successor_sequences
 ):
     from mlflow import MlflowClient
+
+    monkeypatch.chdir(tmp_path)  # sweep children write to data/runs of the working directory
 
     data = make_prepared(tmp_path / "d", successor_sequences(80, 20, seed=7))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

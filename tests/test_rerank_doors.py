@@ -237,8 +237,12 @@ def test_stored_config_serves_behind_every_door(tmp_path, make_prepared, success
         model.predict(None, ask.assign(rerank=['{"bogus": 1}'] * 3))
 
 
-def test_sweep_over_rerank_values_trains_once(tmp_path, capsys, make_prepared, successor_sequences):
+def test_sweep_over_rerank_values_trains_once(
+    tmp_path, capsys, monkeypatch, make_prepared, successor_sequences
+):
     from mlflow import MlflowClient
+
+    monkeypatch.chdir(tmp_path)  # sweep children write to data/runs of the working directory
 
     import recsys
 
