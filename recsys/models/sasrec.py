@@ -170,21 +170,22 @@ class Block(nn.Module):
     def forward(
         self, x: torch.Tensor, mask: torch.Tensor, need_weights: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.gates is not None:
+        if self.pre_ln:
             h = self.ln1(x)
             a, w = self.attn(h, mask, need_weights)
-            x = x + self.drop(torch.sigmoid(self.gates[0](h)) * a)
+            x = x + self.drop(self._gated(0, h, a))
             h = self.ln2(x)
-            x = x + self.drop(torch.sigmoid(self.gates[1](h)) * self.ff(h))
-        elif self.pre_ln:
-            a, w = self.attn(self.ln1(x), mask, need_weights)
-            x = x + self.drop(a)
-            x = x + self.drop(self.ff(self.ln2(x)))
+            x = x + self.drop(self._gated(1, h, self.ff(h)))
         else:
             a, w = self.attn(x, mask, need_weights)
             x = self.ln1(x + self.drop(a))
             x = self.ln2(x + self.drop(self.ff(x)))
         return x, w  # (B, T, d), (B, H, T, T) or None
+
+    def _gated(self, i: int, h: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+        """Residual branch ``i`` (B, T, d), times its gate from the normalised input ``h``
+        when the block is gated."""
+        return branch if self.gates is None else torch.sigmoid(self.gates[i](h)) * branch
 
 
 class SASRec(nn.Module):
