@@ -153,23 +153,27 @@ def run(cfg: SweepConfig) -> dict[str, Any]:
         client.log_param(parent.info.run_id, "seeds", ",".join(map(str, cfg.seeds)))
         client.log_param(parent.info.run_id, "data", cfg.data)
     parent_id = parent.info.run_id
-    children = client.search_runs(
-        [exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'"
-    )
-    finished = [c for c in children if c.info.status == "FINISHED"]
-    done = set() if cfg.rerun else {c.data.tags.get("sweep_key") for c in finished}
-    # Trained models by their training options alone, from any sweep of the experiment:
-    # re-ranking values reuse them (the run's git_commit tag says which code trained it).
-    trained = client.search_runs(
-        [exp_id],
-        filter_string="attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time ASC"],
-    )
-    models = {
-        c.data.tags["train_key"]: c.info.run_id
-        for c in trained
-        if "train_key" in c.data.tags and c.data.tags.get("kind") != "reranked" and not cfg.rerun
-    }
+    # Finished children and trained models are reused unless --rerun asks for new runs.
+    done: set[str | None] = set()
+    models: dict[str, str] = {}
+    if not cfg.rerun:
+        children = client.search_runs(
+            [exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'"
+        )
+        done = {c.data.tags.get("sweep_key") for c in children if c.info.status == "FINISHED"}
+        # Trained models by their training options alone, from any sweep of the
+        # experiment: re-ranking values reuse them (the run's git_commit tag says which
+        # code trained it).
+        trained = client.search_runs(
+            [exp_id],
+            filter_string="attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time ASC"],
+        )
+        models = {
+            c.data.tags["train_key"]: c.info.run_id
+            for c in trained
+            if "train_key" in c.data.tags and c.data.tags.get("kind") != "reranked"
+        }
     outcomes = []
     for overrides in combos:
         key = _key({**shared, **overrides})
