@@ -94,6 +94,7 @@ class Recommender(BaseEstimator):
         threads: int = TrainConfig.threads,
         device: str = TrainConfig.device,
         window: str = TrainConfig.window,
+        ties: str = TrainConfig.ties,
         history: str = FitConfig.history,
         progress: bool = FitConfig.progress,
     ):
@@ -130,6 +131,7 @@ class Recommender(BaseEstimator):
         self.threads = threads
         self.device = device
         self.window = window
+        self.ties = ties
         self.history = history
         self.progress = progress
 

@@ -47,11 +47,13 @@ def _make_prepared(
     sequences: list[list[int]],
     name: str = "tiny",
     start: list[int] | None = None,
+    times: list[list[int]] | None = None,
     **kwargs,
 ) -> Path:
     """A prepared-dataset folder whose user ``u`` (1-based) has events ``sequences[u-1]``.
 
-    Items are integer IDs; user u's timestamps are ``start[u-1], start[u-1] + 1, ...``.
+    Items are integer IDs; user u's timestamps are ``times[u-1]`` if given, else
+    ``start[u-1], start[u-1] + 1, ...``.
     """
     start = start or [0] * len(sequences)
     import polars as pl
@@ -59,7 +61,7 @@ def _make_prepared(
     from recsys.data.prepare import prepare_dataset
 
     rows = [
-        (u, item, start[u - 1] + t)
+        (u, item, times[u - 1][t] if times else start[u - 1] + t)
         for u, seq in enumerate(sequences, start=1)
         for t, item in enumerate(seq)
     ]

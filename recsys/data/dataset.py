@@ -163,6 +163,30 @@ class SequenceData:
         start = self.offsets[users - 1]
         return users, start, start + self.n_train[users - 1]
 
+    def tie_starts(self) -> np.ndarray | None:
+        """Where each tie group starts, or None where no two training events tie.
+
+        A tie group is a run of one user's training events with the same timestamp: the
+        log does not say in which order they happened (in ml-100k half of all events share
+        their second with the previous one). The result is a boolean (N,) array, True at
+        an event that starts a group: a user's first event, an event whose timestamp
+        differs from the previous one's, and every held-out (validation, test) event.
+
+        Examples
+        --------
+        one user, timestamps ``[5, 5, 7, 7]``, 3 training events → ``[T, F, T, T]``.
+        """
+        column = pl.read_parquet(self.path / SEQUENCES_PART, columns=["timestamp"])["timestamp"]
+        stamps, offsets = list_column_to_ragged(column)
+        assert np.array_equal(offsets, self.offsets), "timestamps do not align with items"
+        starts = np.ones(len(stamps), dtype=bool)
+        starts[1:] = stamps[1:] != stamps[:-1]
+        starts[self.offsets[:-1]] = True
+        lengths = np.diff(self.offsets)
+        position = np.arange(len(stamps)) - np.repeat(self.offsets[:-1], lengths)
+        starts |= position >= np.repeat(self.n_train, lengths)
+        return None if starts.all() else starts
+
     def stage(self, name: str) -> Stage:
         """The ``"valid"`` or ``"test"`` stage: each user's history and targets.
 

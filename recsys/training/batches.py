@@ -4,6 +4,10 @@ Every position of a user's training window predicts the next item: the window is
 last ``max_len + 1`` training events, the inputs are all but its last and the targets
 all but its first. Sequences are left-padded with 0, so the most recent event is always
 at the last position, as at inference time.
+
+Events with the same timestamp have no known order; :func:`shuffle_ties` gives them a
+new random one every epoch, so that the model does not learn the order the log happened
+to list them in as if it were the order people acted in.
 """
 
 from __future__ import annotations
@@ -41,3 +45,36 @@ def target_counts(start: np.ndarray, stop: np.ndarray, max_len: int) -> np.ndarr
     loss by its share of the batch's total.
     """
     return np.maximum(np.minimum(stop - start, max_len + 1) - 1, 0)
+
+
+def tie_groups(starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The events in tie groups of two or more, and their groups.
+
+    ``starts`` is :meth:`recsys.data.dataset.SequenceData.tie_starts`. Returns the
+    positions ``(M,)`` of those events, in order, and the group number of each ``(M,)``.
+
+    Examples
+    --------
+    starts ``[T, T, F, F, T]`` → positions ``[1, 2, 3]``, groups ``[1, 1, 1]``.
+    """
+    group = np.cumsum(starts) - 1  # (N,)
+    tied = np.flatnonzero(np.bincount(group)[group] > 1)
+    return tied, group[tied]
+
+
+def shuffle_ties(
+    items: np.ndarray, tied: np.ndarray, group: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """A copy of ``items`` with the events of each tie group (:func:`tie_groups`) in a
+    random order; every other event keeps its place.
+
+    Examples
+    --------
+    items ``[a, b, c, d, e]``, positions ``[1, 2, 3]`` in one group → ``[a, X, Y, Z, e]``
+    with ``X, Y, Z`` one of the 6 orders of ``b, c, d``.
+    """
+    out = items.copy()
+    # Sorting group + a random fraction keeps groups in place and orders within them.
+    order = np.argsort(group + rng.random(len(group)), kind="stable")
+    out[tied] = items[tied[order]]
+    return out
