@@ -14,6 +14,7 @@ the process is alone (:data:`SINGLE`) and nothing here communicates.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import shlex
@@ -112,6 +113,11 @@ def process_group(device: torch.device, timeout_minutes: float) -> Iterator[Worl
     try:
         yield world
     finally:
+        # Whatever still holds the group (DistributedDataParallel in a reference cycle,
+        # a traceback's frames) is freed here, while the interpreter is whole. Freed at
+        # its shutdown instead, gloo's worker threads can abort the process (SIGABRT,
+        # "terminate called without an active exception"), at random.
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -551,6 +551,9 @@ class Trainer:
             return self._fit(resume)
         finally:
             release_workspaces()  # ce's logits memory, kept between steps only
+            # DistributedDataParallel holds the process group and gloo's pending work;
+            # it must go before the group does (recsys.training.distributed).
+            self._ddp = None
 
     def _fit(self, resume: bool) -> TrainResult:
         if resume:
