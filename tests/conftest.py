@@ -102,6 +102,20 @@ def make_prepared():
     return _make_prepared
 
 
+# Events that share a timestamp. User 1: items 1 2 3 at one time, 4 alone, and the
+# held-out 5 and 6 tied with each other; user 2: 7, then 8 9 tied with the held-out
+# validation target 1, then the test target 2.
+TIED_SEQUENCES = [[1, 2, 3, 4, 5, 6], [7, 8, 9, 1, 2]]
+TIED_TIMES = [[0, 0, 0, 1, 2, 2], [5, 6, 6, 6, 8]]
+
+
+@pytest.fixture(scope="session")
+def tied_data(tmp_path_factory) -> Path:
+    """A prepared dataset of two users whose events tie in time (``TIED_SEQUENCES`` at
+    ``TIED_TIMES``, in tests/conftest.py)."""
+    return _make_prepared(tmp_path_factory.mktemp("ties") / "d", TIED_SEQUENCES, times=TIED_TIMES)
+
+
 @pytest.fixture(scope="session")
 def successor_sequences():
     """``successor_sequences(users, items, seed=0)``: known-answer data where item i is

@@ -1,3 +1,4 @@
+import logging
 from types import SimpleNamespace
 
 import numpy as np
@@ -372,3 +373,53 @@ def test_label_smoothing_is_for_ce_only():
         TrainConfig(loss="bce", label_smoothing=0.1)
     with pytest.raises(ValueError, match=r"label_smoothing=1\.0"):
         TrainConfig(label_smoothing=1.0)
+
+
+# -- events that share a timestamp (--ties) ---------------------------------------------
+
+TIES = {"loss": "ce", "batch_size": 2, "epochs": 3}
+
+
+def test_training_reads_the_ties_shuffled_and_keeps_held_out_events(tied_data, caplog):
+    with caplog.at_level(logging.INFO, logger="recsys.training.trainer"):
+        t = _trainer(tied_data, **TIES)
+    assert "ties=shuffle: 5 of 7 training events share their timestamp" in caplog.text
+    orders = set()
+    for _ in range(20):
+        t._epoch()
+        orders.add(tuple(t._items.tolist()))
+        assert t._items[[3, 4, 5, 6, 9, 10]].tolist() == [4, 5, 6, 7, 1, 2]
+    assert len(orders) > 1
+    assert t.data.items.tolist() == [1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 2]  # data untouched
+    keep = _trainer(tied_data, ties="keep", **TIES)
+    assert keep.ties is None
+    keep._epoch()
+    assert keep._items is keep.data.items
+
+
+def _same_weights(a, b) -> bool:
+    return all(
+        torch.equal(x, y)
+        for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    )
+
+
+def test_without_ties_shuffle_trains_exactly_as_keep(successor_data):
+    a = _trainer(successor_data, epochs=2).fit()
+    b = _trainer(successor_data, epochs=2, ties="keep").fit()
+    assert _same_weights(a.model, b.model)
+    assert [r["train_loss"] for r in a.history] == [r["train_loss"] for r in b.history]
+
+
+def test_shuffled_ties_resume_exactly(tied_data, tmp_path):
+    options = {**TIES, "epochs": 4}
+    full = _trainer(tied_data, **options).fit()
+    _trainer(tied_data, tmp_path, **{**options, "epochs": 2}).fit()
+    ck = torch.load(tmp_path / LAST, weights_only=True)
+    ck["train_cfg"]["epochs"] = 4
+    torch.save(ck, tmp_path / LAST)
+    resumed = _trainer(tied_data, tmp_path, **options).fit(resume=True)
+    assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in full.history]
+    assert _same_weights(full.model, resumed.model)
+    # Shuffling changes what is trained on: the same seed without it ends elsewhere.
+    assert not _same_weights(full.model, _trainer(tied_data, ties="keep", **options).fit().model)
