@@ -179,12 +179,15 @@ class SequenceData:
         column = pl.read_parquet(self.path / SEQUENCES_PART, columns=["timestamp"])["timestamp"]
         stamps, offsets = list_column_to_ragged(column)
         assert np.array_equal(offsets, self.offsets), "timestamps do not align with items"
-        starts = np.ones(len(stamps), dtype=bool)
-        starts[1:] = stamps[1:] != stamps[:-1]
+        starts = np.empty(len(stamps), dtype=bool)
+        starts[:1] = True
+        np.not_equal(stamps[1:], stamps[:-1], out=starts[1:])
+        del stamps
         starts[self.offsets[:-1]] = True
-        lengths = np.diff(self.offsets)
-        position = np.arange(len(stamps)) - np.repeat(self.offsets[:-1], lengths)
-        starts |= position >= np.repeat(self.n_train, lengths)
+        # The held-out events, each user's last n_valid + n_test (a few per user).
+        held = self.n_valid + self.n_test
+        first = np.repeat(self.offsets[:-1] + self.n_train, held)
+        starts[first + np.arange(len(first)) - np.repeat(np.cumsum(held) - held, held)] = True
         return None if starts.all() else starts
 
     def stage(self, name: str) -> Stage:
