@@ -4,8 +4,8 @@ as child runs of one parent MLflow run.
 Run it as ``recsys sweep --data DIR --experiment NAME --grid loss=ce,bce max_len=50,200
 [--seeds 1,2]``. Each child is a normal training run (everything logged). A child that
 fails is recorded as failed and the sweep goes on. Re-running the same sweep reuses its
-parent run and skips the children already finished with the same config (``--rerun``
-trains them again, e.g. after the code changed).
+parent run and skips the children already finished with the same config by the same
+code (:func:`code_version`; ``--rerun`` trains them again anyway).
 
 Re-ranking values sweep too: ``--grid rerank.diversity.lambda=1,0.9,0.7`` (on top of
 ``--set rerank=FILE``, or of no re-ranking). Children that differ only in ``rerank.*``
@@ -25,6 +25,7 @@ from typing import Any
 
 from sklearn.model_selection import ParameterGrid, ParameterSampler
 
+import recsys
 from pipelines.train import TrainJobConfig
 from pipelines.train import run as train
 from recsys.allocation.config import RerankConfig
@@ -110,6 +111,22 @@ def combinations(cfg: SweepConfig) -> list[dict[str, Any]]:
     return list(ParameterGrid(grid))
 
 
+def code_version() -> str:
+    """A fingerprint of the code that trains and evaluates: SHA-256 (12 hex digits) of
+    every ``.py`` file of the ``recsys`` and ``pipelines`` packages, with its path.
+
+    A sweep reuses only what this code produced: results of older code, under the same
+    options, would otherwise pass for new ones. Unlike the git commit it changes only
+    when the code does (not for a README edit), and it sees uncommitted changes.
+    """
+    digest = hashlib.sha256()
+    for package in (Path(recsys.__file__).parent, Path(__file__).parent):
+        for path in sorted(package.rglob("*.py")):
+            name = f"{package.name}/{path.relative_to(package).as_posix()}"
+            digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
+
+
 def _key(values: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -124,9 +141,14 @@ def run(cfg: SweepConfig) -> dict[str, Any]:
     combos = combinations(cfg)
     for overrides in combos:  # a bad re-ranking value fails now, not after hours of training
         _split({**shared, **overrides})
-    # A model is reused only for the same options on the same data.
+    # A model is reused only for the same options on the same data, by the same code.
     info = SequenceData.load(cfg.data).dataset_info()  # also: a bad folder fails now
-    data_id = {"data": str(Path(cfg.data).resolve()), "dataset_version": info["dataset_version"]}
+    code = code_version()
+    data_id = {
+        "data": str(Path(cfg.data).resolve()),
+        "dataset_version": info["dataset_version"],
+        "code": code,
+    }
     exp_id = setup(cfg.experiment, cfg.tracking_uri)
     client = mlflow.MlflowClient()
     sweep_id = _key(
@@ -161,9 +183,8 @@ def run(cfg: SweepConfig) -> dict[str, Any]:
             [exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'"
         )
         done = {c.data.tags.get("sweep_key") for c in children if c.info.status == "FINISHED"}
-        # Trained models by their training options alone, from any sweep of the
-        # experiment: re-ranking values reuse them (the run's git_commit tag says which
-        # code trained it).
+        # Trained models by their training options, data and code, from any sweep of
+        # the experiment: re-ranking values reuse them.
         trained = client.search_runs(
             [exp_id],
             filter_string="attributes.status = 'FINISHED'",
@@ -176,7 +197,7 @@ def run(cfg: SweepConfig) -> dict[str, Any]:
         }
     outcomes = []
     for overrides in combos:
-        key = _key({**shared, **overrides})
+        key = _key({**shared, **overrides, "code": code})
         if key in done:
             outcomes.append({**overrides, "status": "skipped (finished before)"})
             continue

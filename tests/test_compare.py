@@ -6,6 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+import pipelines.sweep as sweep_job
 import recsys
 from recsys.cli import main
 from recsys.comparison import holm, paired_bootstrap_p
@@ -185,6 +186,27 @@ def test_sweep_children_failures_and_rerun(
     assert "skipped" not in out and out.count("status=finished") == 2
     children = client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
     assert sorted(c.info.status for c in children).count("FINISHED") == 4
+    # Other code: nothing it did not produce is reused; the children train again.
+    monkeypatch.setattr(sweep_job, "code_version", lambda: "0123456789ab")
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert line_of(out, "parent run") == parent
+    assert "skipped" not in out and out.count("status=finished") == 2
+
+
+def test_code_version_changes_with_the_code_only(tmp_path, monkeypatch):
+    package = tmp_path / "recsys"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "sub" / "a.py").write_text("x = 1\n")
+    (package / "notes.md").write_text("words")
+    monkeypatch.setattr(recsys, "__file__", str(package / "__init__.py"))
+    first = sweep_job.code_version()
+    assert len(first) == 12 and first == sweep_job.code_version()
+    (package / "notes.md").write_text("other words")
+    assert sweep_job.code_version() == first  # not code
+    (package / "sub" / "a.py").write_text("x = 2\n")
+    assert sweep_job.code_version() != first
 
 
 def line_of(out: str, key: str) -> str:
