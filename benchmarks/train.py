@@ -38,8 +38,9 @@ def bench_training(users: int, items: int, steps: int) -> None:
     from recsys.data.readers import read_interactions
     from recsys.data.synthetic import SyntheticSpec, generate
     from recsys.models.sasrec import SASRecConfig
+    from recsys.training.config import TrainConfig
     from recsys.training.losses import LOSSES
-    from recsys.training.trainer import TrainConfig, Trainer
+    from recsys.training.trainer import Trainer
 
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "log.parquet"

@@ -2,7 +2,7 @@
 
 Every option of every job is declared once, as ``name: type = option(default, "help")``
 in a config dataclass (:class:`recsys.models.sasrec.SASRecConfig`,
-:class:`recsys.training.trainer.TrainConfig`, the jobs' configs in ``pipelines/``). From
+:class:`recsys.training.config.TrainConfig`, the jobs' configs in ``pipelines/``). From
 those fields derive:
 
 * the command line: :func:`add_arguments` makes one flag per field (``--max-len``), its

@@ -40,8 +40,8 @@ from recsys.explain.attribution import METHODS
 from recsys.models.sasrec import SASRecConfig
 from recsys.options import from_flat, to_flat
 from recsys.scoring import RESULT_SCHEMA, results_frame, score_chunk, score_items
+from recsys.training.config import TrainConfig
 from recsys.training.fit import FitConfig, fit, make_trainer, with_data_defaults
-from recsys.training.trainer import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class Recommender(BaseEstimator):
 
     The keyword arguments are the training options of ``recsys train`` (declared once in
     :class:`~recsys.training.fit.FitConfig`, :class:`~recsys.models.sasrec.SASRecConfig`
-    and :class:`~recsys.training.trainer.TrainConfig`, whose defaults these are); they are
+    and :class:`~recsys.training.config.TrainConfig`, whose defaults these are); they are
     used by :meth:`fit`. ``get_params``, ``set_params`` and ``sklearn.base.clone`` work
     as for any estimator. Learned state: ``bundle_`` (the model bundle) and ``history_``
     (per-epoch records).

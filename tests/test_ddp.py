@@ -19,6 +19,7 @@ import torch
 from recsys.data.dataset import SequenceData
 from recsys.models.sasrec import SASRecConfig
 from recsys.training.batches import target_counts, training_batch
+from recsys.training.config import TrainConfig
 from recsys.training.distributed import (
     LOST,
     SINGLE,
@@ -28,7 +29,7 @@ from recsys.training.distributed import (
     shard,
 )
 from recsys.training.losses import LOSSES
-from recsys.training.trainer import TrainConfig, Trainer
+from recsys.training.trainer import Trainer
 
 MAX_LEN = 10
 

@@ -14,8 +14,9 @@ from recsys.models.repeat import BatchBias, RepeatBias
 from recsys.models.sasrec import SASRecConfig
 from recsys.models.scorers import MostPopular, SASRecScorer
 from recsys.training.batches import training_batch
+from recsys.training.config import TrainConfig
 from recsys.training.losses import LOSSES, popularity_log_q, sequence_loss
-from recsys.training.trainer import BEST, LAST, TrainConfig, Trainer, TrainingError
+from recsys.training.trainer import BEST, LAST, Trainer, TrainingError
 
 
 def test_training_batch_exact():

@@ -22,9 +22,10 @@ from recsys.models.sasrec import SASRecConfig
 from recsys.models.scorers import MODEL_KINDS, MostPopular, SASRecScorer, Scorer
 from recsys.options import check_choices, option, to_flat
 from recsys.training import derive
+from recsys.training.config import TrainConfig
 from recsys.training.derive import HISTORY
 from recsys.training.distributed import World
-from recsys.training.trainer import TrainConfig, Trainer
+from recsys.training.trainer import Trainer
 
 
 @dataclass
