@@ -42,3 +42,16 @@ def test_shuffle_moves_events_only_within_their_group():
     assert items.tolist() == list(range(1, 10))  # the input is not changed
     once, twice = (shuffle_ties(items, positions, groups, np.random.default_rng(1)) for _ in "ab")
     assert once.tolist() == twice.tolist()  # the generator decides
+
+
+def test_manifest_records_how_often_events_tie(tied_data, tmp_path, make_prepared):
+    ties = SequenceData.load(tied_data).manifest["ties"]
+    # Tied with the user's previous event: user 1's 2nd, 3rd and 6th (the test target),
+    # user 2's 3rd and 4th (the validation target); 5 of 11.
+    assert ties == {
+        "share_of_events": round(5 / 11, 6),
+        "valid_targets_tied": 0.5,
+        "test_targets_tied": 0.5,
+    }
+    untied = make_prepared(tmp_path / "d", [[1, 2, 3], [4, 5, 6]])
+    assert SequenceData.load(untied).manifest["ties"] == dict.fromkeys(ties, 0.0)

@@ -152,6 +152,39 @@ def repeat_shares(
     }
 
 
+def tie_shares(
+    stamps: np.ndarray, offsets: np.ndarray, n_train: np.ndarray, n_valid: np.ndarray
+) -> dict[str, float]:
+    """How often a user's events share a timestamp, whose order the log then does not
+    know (training shuffles it: ``--ties``): the share of events with the same timestamp
+    as their user's previous event, and the same for each user's first validation and
+    first test target.
+
+    ``stamps`` and ``offsets`` are laid out as in :func:`repeat_shares`.
+    """
+    lengths = np.diff(offsets)
+    tied = np.zeros(len(stamps), dtype=bool)
+    tied[1:] = stamps[1:] == stamps[:-1]
+    tied[offsets[:-1][lengths > 0]] = False  # a user's first event follows no event of theirs
+    valid_at = offsets[:-1] + n_train  # each user's first validation target, if any
+    test_at = valid_at + n_valid
+
+    def share(mask: np.ndarray) -> float:
+        return round(float(tied[mask].mean()), 6) if mask.any() else 0.0
+
+    targets = np.zeros(len(stamps), dtype=bool)
+    has = n_valid > 0
+    targets[valid_at[has]] = True
+    tests = np.zeros(len(stamps), dtype=bool)
+    has = test_at < offsets[1:]
+    tests[test_at[has]] = True
+    return {
+        "share_of_events": share(np.ones(len(stamps), dtype=bool)),
+        "valid_targets_tied": share(targets),
+        "test_targets_tied": share(tests),
+    }
+
+
 def prepare_dataset(
     events: pl.LazyFrame,
     output: str | Path,
@@ -295,6 +328,9 @@ def prepare_dataset(
     repeat_info = repeat_shares(
         flat, offsets, seqs_df["n_train"].to_numpy(), seqs_df["n_valid"].to_numpy()
     )
+    n_train, n_valid = seqs_df["n_train"].to_numpy(), seqs_df["n_valid"].to_numpy()
+    stamps, _ = list_column_to_ragged(seqs_df["timestamp"])
+    tie_info = tie_shares(stamps, offsets, n_train.astype(np.int64), n_valid.astype(np.int64))
     items_info: dict[str, Any] = {}
     if items is not None:
         items_df = items_df.join(items, on="item_id", how="left", maintain_order="left")
@@ -315,6 +351,7 @@ def prepare_dataset(
         "steps": step_counts,
         "split": split_info,
         "repeats": repeat_info,
+        "ties": tie_info,
         **items_info,
         "config": config or {},
         "inputs": [
