@@ -164,24 +164,18 @@ def tie_shares(
     """
     lengths = np.diff(offsets)
     tied = np.zeros(len(stamps), dtype=bool)
-    tied[1:] = stamps[1:] == stamps[:-1]
+    np.equal(stamps[1:], stamps[:-1], out=tied[1:])
     tied[offsets[:-1][lengths > 0]] = False  # a user's first event follows no event of theirs
     valid_at = offsets[:-1] + n_train  # each user's first validation target, if any
-    test_at = valid_at + n_valid
+    test_at = valid_at + n_valid  # and first test target, if any
 
-    def share(mask: np.ndarray) -> float:
-        return round(float(tied[mask].mean()), 6) if mask.any() else 0.0
+    def share(at: np.ndarray) -> float:
+        return round(float(tied[at].mean()), 6) if len(at) else 0.0
 
-    targets = np.zeros(len(stamps), dtype=bool)
-    has = n_valid > 0
-    targets[valid_at[has]] = True
-    tests = np.zeros(len(stamps), dtype=bool)
-    has = test_at < offsets[1:]
-    tests[test_at[has]] = True
     return {
-        "share_of_events": share(np.ones(len(stamps), dtype=bool)),
-        "valid_targets_tied": share(targets),
-        "test_targets_tied": share(tests),
+        "share_of_events": round(float(tied.mean()), 6) if len(tied) else 0.0,
+        "valid_targets_tied": share(valid_at[n_valid > 0]),
+        "test_targets_tied": share(test_at[test_at < offsets[1:]]),
     }
 
 
@@ -328,9 +322,10 @@ def prepare_dataset(
     repeat_info = repeat_shares(
         flat, offsets, seqs_df["n_train"].to_numpy(), seqs_df["n_valid"].to_numpy()
     )
-    n_train, n_valid = seqs_df["n_train"].to_numpy(), seqs_df["n_valid"].to_numpy()
+    n_train, n_valid = (seqs_df[c].to_numpy().astype(np.int64) for c in ("n_train", "n_valid"))
     stamps, _ = list_column_to_ragged(seqs_df["timestamp"])
-    tie_info = tie_shares(stamps, offsets, n_train.astype(np.int64), n_valid.astype(np.int64))
+    tie_info = tie_shares(stamps, offsets, n_train, n_valid)
+    del stamps  # not held while the files are written
     items_info: dict[str, Any] = {}
     if items is not None:
         items_df = items_df.join(items, on="item_id", how="left", maintain_order="left")
