@@ -19,7 +19,7 @@ def test_tie_starts_mark_the_groups_of_training_events(tied_data):
     assert starts.tolist() == user1 + user2
     positions, groups = tie_groups(starts)
     assert positions.tolist() == [0, 1, 2, 7, 8]
-    assert groups.tolist() == [0, 0, 0, 5, 5]
+    assert groups.tolist() == [0, 0, 0, 1, 1]
 
 
 def test_no_ties_no_groups(tmp_path, make_prepared):

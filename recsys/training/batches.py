@@ -51,15 +51,19 @@ def tie_groups(starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The events in tie groups of two or more, and their groups.
 
     ``starts`` is :meth:`recsys.data.dataset.SequenceData.tie_starts`. Returns the
-    positions ``(M,)`` of those events, in order, and the group number of each ``(M,)``.
+    positions ``(M,)`` of those events, in order, and the group of each ``(M,)``,
+    numbered 0, 1, ... in order.
 
     Examples
     --------
-    starts ``[T, T, F, F, T]`` → positions ``[1, 2, 3]``, groups ``[1, 1, 1]``.
+    starts ``[T, T, F, F, T, F]`` → positions ``[1, 2, 3, 4, 5]``, groups
+    ``[0, 0, 0, 1, 1]``.
     """
-    group = np.cumsum(starts) - 1  # (N,)
-    tied = np.flatnonzero(np.bincount(group)[group] > 1)
-    return tied, group[tied]
+    # An event is in a group of two or more if it continues one or the next event does.
+    in_group = ~starts
+    in_group[:-1] |= ~starts[1:]
+    tied = np.flatnonzero(in_group)  # (M,)
+    return tied, np.cumsum(starts[tied]) - 1
 
 
 def shuffle_ties(
