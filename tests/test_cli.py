@@ -62,6 +62,7 @@ def test_generate_then_prepare(tmp_path, capsys):
     summary = json.loads(printed[printed.index("{") :])
     manifest = json.loads((out / "manifest.json").read_text())
     assert summary["num_interactions"] == manifest["num_interactions"]
+    assert summary["repeats"] == manifest["repeats"] and summary["ties"] == manifest["ties"]
     assert manifest["config"]["k_core"] == 2 and manifest["config"]["repeats"] == "drop-all"
     assert manifest["dataset"]["name"] == "log"
 

@@ -68,6 +68,9 @@ def _run_prepare(args: argparse.Namespace) -> int:
                 "num_interactions": manifest["num_interactions"],
                 "dropped": {s["step"]: s["dropped_rows"] for s in manifest["steps"][1:]},
                 "split": manifest["split"],
+                # What --history auto and --ties act on.
+                "repeats": manifest["repeats"],
+                "ties": manifest["ties"],
             },
             indent=2,
         )
