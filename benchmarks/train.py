@@ -66,7 +66,9 @@ def bench_training(users: int, items: int, steps: int) -> None:
             rates = {}
             for name, (bucketed, repeat) in variants.items():
                 cfg = TrainConfig(loss=loss, lr=1e-3, epochs=1, batch_size=128, seed=0)
-                mcfg = SASRecConfig(num_items=data.num_items, max_len=max_len, repeat_bias=repeat)
+                mcfg = SASRecConfig(
+                    num_items=data.num_items, max_len=max_len, dropout=0.2, repeat_bias=repeat
+                )
                 t = Trainer(mcfg, cfg, data, progress=False)
                 t.data = view
                 if not bucketed:
@@ -114,7 +116,7 @@ def eval_worker(num_items: int, users: int, dense: bool) -> dict:
 
     base = _peak_mb()  # after imports: the peak below counts the model and the ranking
     torch.manual_seed(0)
-    model = SASRec(SASRecConfig(num_items=num_items, max_len=50))
+    model = SASRec(SASRecConfig(num_items=num_items, max_len=50, dropout=0.2))
     scorer = SASRecScorer(model)
     gen = torch.Generator().manual_seed(0)
     hist = torch.randint(1, num_items + 1, (users, 50), generator=gen)

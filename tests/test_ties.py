@@ -12,7 +12,7 @@ from recsys.training.batches import shuffle_ties, tie_groups
 def test_tie_starts_mark_the_groups_of_training_events(tied_data):
     d = SequenceData.load(tied_data)
     assert d.n_train.tolist() == [4, 3]  # leave-one-out: the last two are held out
-    starts = d.tie_starts()
+    starts = d.tie_starts
     # Held-out events start groups of their own: they keep their places.
     user1 = [True, False, False, True, True, True]
     user2 = [True, True, False, True, True]
@@ -24,7 +24,7 @@ def test_tie_starts_mark_the_groups_of_training_events(tied_data):
 
 def test_no_ties_no_groups(tmp_path, make_prepared):
     d = SequenceData.load(make_prepared(tmp_path / "d", [[1, 2, 3], [4, 5, 6]]))  # 0, 1, 2
-    assert d.tie_starts() is None
+    assert d.tie_starts is None
 
 
 def test_shuffle_moves_events_only_within_their_group():

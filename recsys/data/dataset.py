@@ -72,6 +72,31 @@ def ragged_to_padded(flat: np.ndarray, offsets: np.ndarray, fill: int = 0) -> np
     return out
 
 
+def tie_starts(stamps: np.ndarray, offsets: np.ndarray, n_train: np.ndarray) -> np.ndarray | None:
+    """Where each tie group of training events starts, or None where no two tie.
+
+    A tie group is a run of one user's training events with the same timestamp: the
+    log does not say in which order they happened (in ml-100k half of all events share
+    their second with the previous one). The result is a boolean (N,) array, True at an
+    event that starts a group: a user's first event, an event whose timestamp differs
+    from the previous one's, and every held-out (validation, test) event.
+
+    Examples
+    --------
+    one user, timestamps ``[5, 5, 7, 7]``, 3 training events → ``[T, F, T, T]``.
+    """
+    starts = np.empty(len(stamps), dtype=bool)
+    starts[:1] = True
+    np.not_equal(stamps[1:], stamps[:-1], out=starts[1:])
+    lengths = np.diff(offsets)
+    starts[offsets[:-1][lengths > 0]] = True
+    # The held-out events: each user's last lengths - n_train (a few per user).
+    held = lengths - n_train
+    first = np.repeat(offsets[:-1] + n_train, held)
+    starts[first + np.arange(len(first)) - np.repeat(np.cumsum(held) - held, held)] = True
+    return None if starts.all() else starts
+
+
 @dataclass(frozen=True)
 class Stage:
     """What a model sees and must predict for one evaluation stage.
@@ -99,6 +124,9 @@ class SequenceData:
     n_train: np.ndarray  # (U,)
     n_valid: np.ndarray  # (U,)
     n_test: np.ndarray  # (U,)
+    # (N,) True where a tie group of training events starts (:func:`tie_starts`); None
+    # where no two of a user's training events share a timestamp.
+    tie_starts: np.ndarray | None = None
 
     @property
     def num_users(self) -> int:
@@ -147,14 +175,19 @@ class SequenceData:
         # prepare writes users sorted 1..U; everything below indexes by user_idx - 1.
         assert np.array_equal(users, np.arange(1, len(users) + 1)), "user_idx not 1..U"
         items, offsets = list_column_to_ragged(df["item_idx"])
+        n_train = df["n_train"].to_numpy().astype(np.int64)
+        stamps, _ = list_column_to_ragged(df["timestamp"])
+        ties = tie_starts(stamps, offsets, n_train)
+        del stamps
         return cls(
             path=path,
             manifest=manifest,
             items=items,
             offsets=offsets,
-            n_train=df["n_train"].to_numpy().astype(np.int64),
+            n_train=n_train,
             n_valid=df["n_valid"].to_numpy().astype(np.int64),
             n_test=df["n_test"].to_numpy().astype(np.int64),
+            tie_starts=ties,
         )
 
     def train_ranges(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -162,33 +195,6 @@ class SequenceData:
         users = np.flatnonzero(self.n_train >= 2) + 1
         start = self.offsets[users - 1]
         return users, start, start + self.n_train[users - 1]
-
-    def tie_starts(self) -> np.ndarray | None:
-        """Where each tie group starts, or None where no two training events tie.
-
-        A tie group is a run of one user's training events with the same timestamp: the
-        log does not say in which order they happened (in ml-100k half of all events share
-        their second with the previous one). The result is a boolean (N,) array, True at
-        an event that starts a group: a user's first event, an event whose timestamp
-        differs from the previous one's, and every held-out (validation, test) event.
-
-        Examples
-        --------
-        one user, timestamps ``[5, 5, 7, 7]``, 3 training events → ``[T, F, T, T]``.
-        """
-        column = pl.read_parquet(self.path / SEQUENCES_PART, columns=["timestamp"])["timestamp"]
-        stamps, offsets = list_column_to_ragged(column)
-        assert np.array_equal(offsets, self.offsets), "timestamps do not align with items"
-        starts = np.empty(len(stamps), dtype=bool)
-        starts[:1] = True
-        np.not_equal(stamps[1:], stamps[:-1], out=starts[1:])
-        del stamps
-        starts[self.offsets[:-1]] = True
-        # The held-out events, each user's last n_valid + n_test (a few per user).
-        held = self.n_valid + self.n_test
-        first = np.repeat(self.offsets[:-1] + self.n_train, held)
-        starts[first + np.arange(len(first)) - np.repeat(np.cumsum(held) - held, held)] = True
-        return None if starts.all() else starts
 
     def stage(self, name: str) -> Stage:
         """The ``"valid"`` or ``"test"`` stage: each user's history and targets.

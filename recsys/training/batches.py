@@ -50,7 +50,7 @@ def target_counts(start: np.ndarray, stop: np.ndarray, max_len: int) -> np.ndarr
 def tie_groups(starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The events in tie groups of two or more, and their groups.
 
-    ``starts`` is :meth:`recsys.data.dataset.SequenceData.tie_starts`. Returns the
+    ``starts`` is :func:`recsys.data.dataset.tie_starts`. Returns the
     positions ``(M,)`` of those events, in order, and the group of each ``(M,)``,
     numbered 0, 1, ... in order.
 

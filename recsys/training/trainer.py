@@ -209,7 +209,7 @@ class Trainer:
                 train_cfg.logits_precision,
             )
         self.ties: tuple[np.ndarray, np.ndarray] | None = None  # (positions, groups)
-        starts = data.tie_starts() if train_cfg.ties == "shuffle" else None
+        starts = data.tie_starts if train_cfg.ties == "shuffle" else None
         if starts is not None:
             self.ties = tie_groups(starts)
             log.info(
