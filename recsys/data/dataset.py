@@ -21,6 +21,7 @@ from recsys.data.prepare import (  # list_column_to_ragged: imported from here t
     SEQUENCES_PART,
     list_column_to_ragged,
     repeat_shares,
+    same_time_as_previous,
 )
 from recsys.io import read_json, safe_name, verify_files
 
@@ -49,11 +50,22 @@ def gather_ragged(
     --------
     ``values=[5, 6, 7, 8]``, ranges ``[1, 3)`` and ``[3, 4)`` → ``([6, 7, 8], [0, 2, 3])``.
     """
+    idx, offsets = ragged_positions(start, stop)
+    return values[idx], offsets
+
+
+def ragged_positions(start: np.ndarray, stop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The positions in the ranges ``[start, stop)``, concatenated, and each range's
+    offset among them: ``(positions, offsets)``.
+
+    Examples
+    --------
+    ranges ``[1, 3)`` and ``[3, 4)`` → ``([1, 2, 3], [0, 2, 3])``.
+    """
     lengths = stop - start
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    idx = np.repeat(start - offsets[:-1], lengths) + np.arange(offsets[-1])
-    return values[idx], offsets
+    return np.repeat(start - offsets[:-1], lengths) + np.arange(offsets[-1]), offsets
 
 
 def ragged_to_padded(flat: np.ndarray, offsets: np.ndarray, fill: int = 0) -> np.ndarray:
@@ -85,15 +97,9 @@ def tie_starts(stamps: np.ndarray, offsets: np.ndarray, n_train: np.ndarray) -> 
     --------
     one user, timestamps ``[5, 5, 7, 7]``, 3 training events → ``[T, F, T, T]``.
     """
-    starts = np.empty(len(stamps), dtype=bool)
-    starts[:1] = True
-    np.not_equal(stamps[1:], stamps[:-1], out=starts[1:])
-    lengths = np.diff(offsets)
-    starts[offsets[:-1][lengths > 0]] = True
-    # The held-out events: each user's last lengths - n_train (a few per user).
-    held = lengths - n_train
-    first = np.repeat(offsets[:-1] + n_train, held)
-    starts[first + np.arange(len(first)) - np.repeat(np.cumsum(held) - held, held)] = True
+    starts = ~same_time_as_previous(stamps, offsets)
+    # The held-out events, after each user's training prefix (a few per user).
+    starts[ragged_positions(offsets[:-1] + n_train, offsets[1:])[0]] = True
     return None if starts.all() else starts
 
 

@@ -152,6 +152,22 @@ def repeat_shares(
     }
 
 
+def same_time_as_previous(stamps: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """(N,) True where an event has the timestamp of its user's previous event.
+
+    ``stamps`` and ``offsets`` are laid out as in :func:`repeat_shares`.
+
+    Examples
+    --------
+    users ``[5, 5, 7]`` and ``[7, 7]`` → ``[F, T, F, F, T]``.
+    """
+    same = np.zeros(len(stamps), dtype=bool)
+    np.equal(stamps[1:], stamps[:-1], out=same[1:])
+    lengths = np.diff(offsets)
+    same[offsets[:-1][lengths > 0]] = False  # a user's first event follows no event of theirs
+    return same
+
+
 def tie_shares(
     stamps: np.ndarray, offsets: np.ndarray, n_train: np.ndarray, n_valid: np.ndarray
 ) -> dict[str, float]:
@@ -162,10 +178,7 @@ def tie_shares(
 
     ``stamps`` and ``offsets`` are laid out as in :func:`repeat_shares`.
     """
-    lengths = np.diff(offsets)
-    tied = np.zeros(len(stamps), dtype=bool)
-    np.equal(stamps[1:], stamps[:-1], out=tied[1:])
-    tied[offsets[:-1][lengths > 0]] = False  # a user's first event follows no event of theirs
+    tied = same_time_as_previous(stamps, offsets)
     valid_at = offsets[:-1] + n_train  # each user's first validation target, if any
     test_at = valid_at + n_valid  # and first test target, if any
 
@@ -319,10 +332,8 @@ def prepare_dataset(
     )
 
     flat, offsets = list_column_to_ragged(seqs_df["item_idx"])
-    repeat_info = repeat_shares(
-        flat, offsets, seqs_df["n_train"].to_numpy(), seqs_df["n_valid"].to_numpy()
-    )
     n_train, n_valid = (seqs_df[c].to_numpy().astype(np.int64) for c in ("n_train", "n_valid"))
+    repeat_info = repeat_shares(flat, offsets, n_train, n_valid)
     stamps, _ = list_column_to_ragged(seqs_df["timestamp"])
     tie_info = tie_shares(stamps, offsets, n_train, n_valid)
     del stamps  # not held while the files are written
